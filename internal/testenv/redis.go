@@ -1,0 +1,196 @@
+// Package testenv starts the real servers keepwatch's tests talk to: a
+// redis-server (single or a 3-master cluster) on free local ports, and a
+// MongoDB-protocol server. Nothing here is a mock.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is a redis-server child process owned by one test.
+type Redis struct {
+	t    testing.TB
+	Port int
+	Addr string
+	dir  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+// URL is the redis:// URL of the server.
+func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func redisServerPath(t testing.TB) string {
+	t.Helper()
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is not on PATH: install it (Debian: apt-get install redis-server); .ci/run does")
+	}
+	return p
+}
+
+// StartRedis starts a redis-server on a free port, with AOF off and no RDB
+// snapshots, and stops it when the test ends. Extra arguments are passed to
+// redis-server as "--name value" pairs.
+func StartRedis(t testing.TB, extra ...string) *Redis {
+	t.Helper()
+	port := FreePort(t)
+	dir := t.TempDir()
+	r := &Redis{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
+	r.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no"}, extra...)
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start (re)starts the server on its port; it returns once the server answers PING.
+func (r *Redis) Start() {
+	r.t.Helper()
+	if r.cmd != nil {
+		return
+	}
+	cmd := exec.Command(redisServerPath(r.t), r.args...)
+	cmd.Stdout, cmd.Stderr = nil, nil
+	logf, err := os.Create(filepath.Join(r.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
+	if err == nil {
+		cmd.Stdout, cmd.Stderr = logf, logf
+	}
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	r.cmd = cmd
+	if err := waitPing(r.Addr, 10*time.Second); err != nil {
+		r.Stop()
+		r.t.Fatalf("redis-server on %s: %v", r.Addr, err)
+	}
+}
+
+// Stop kills the server (it is a test server: no shutdown save).
+func (r *Redis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// Client returns a client for the server, closed when the test ends.
+func (r *Redis) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+	r.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func waitPing(addr string, limit time.Duration) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(limit)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no PING answer after %s: %w", limit, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// RedisCluster is a 3-master Redis Cluster of redis-server children.
+type RedisCluster struct {
+	Nodes []*Redis
+}
+
+// Addrs lists the nodes' addresses.
+func (c *RedisCluster) Addrs() []string {
+	a := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		a[i] = n.Addr
+	}
+	return a
+}
+
+// URL is a redis:// URL naming every node, for redis.ParseClusterURL.
+func (c *RedisCluster) URL() string {
+	u := "redis://" + c.Nodes[0].Addr
+	for i, n := range c.Nodes[1:] {
+		sep := "?"
+		if i > 0 {
+			sep = "&"
+		}
+		u += sep + "addr=" + n.Addr
+	}
+	return u
+}
+
+// StartRedisCluster starts three cluster-enabled masters and joins them with
+// redis-cli --cluster create. It skips the test, saying why, only when this
+// redis-server has no cluster mode or redis-cli is missing.
+func StartRedisCluster(t testing.TB) *RedisCluster {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Skip("redis-cli is not on PATH: cannot create a Redis Cluster here")
+	}
+	c := &RedisCluster{}
+	for i := 0; i < 3; i++ {
+		n := StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", fmt.Sprintf("nodes-%d.conf", i),
+			"--cluster-node-timeout", "5000")
+		c.Nodes = append(c.Nodes, n)
+	}
+	args := []string{"--cluster", "create"}
+	args = append(args, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	out, err := exec.Command(cli, args...).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "cluster support disabled") || strings.Contains(string(out), "unknown command") {
+			t.Skipf("this redis-server lacks cluster mode: %s", out)
+		}
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	// Wait until every node reports the cluster as ok.
+	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		for {
+			info, err := cl.ClusterInfo(context.Background()).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cl.Close()
+				t.Fatalf("cluster did not become ok: %v %s", err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = cl.Close()
+	}
+	return c
+}

@@ -1,0 +1,131 @@
+// Package mongo stores progress and dead letters in MongoDB (or a
+// MongoDB-protocol server such as FerretDB) with the v2 Go driver.
+//
+// A progress document is
+//
+//	{_id: "<user>/<video>", u: <user>, v: <video>,
+//	 s: {t: <event time ms, int64>, k: <kind, int32>, p: <percent>, pos: <position>, dur: <duration>}}
+//
+// The embedded document s keeps the fields of keepwatch.State in its order, so
+// "$max": {s: …} compares event time first and then the tie-break fields,
+// exactly like State.Compare: a write can never replace a newer state, and needs
+// neither a pipeline update nor a transaction.
+package mongo
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/keepwatch/keepwatch"
+)
+
+// Collection names.
+const (
+	ProgressCollection   = "progress"
+	DeadLetterCollection = "dead_letters"
+	MigrationCollection  = "schema_migrations"
+)
+
+// Options configure a Store. The URI carries everything MongoDB-specific
+// (replicaSet, w=majority, retryWrites, readPreference, maxStalenessSeconds),
+// so the code is the same against FerretDB and a MongoDB replica set.
+type Options struct {
+	URI      string
+	Database string
+	// Timeout bounds each operation that has no deadline of its own.
+	Timeout time.Duration
+	// AppName shows in MongoDB's logs and currentOp.
+	AppName string
+}
+
+// Store is a connection to one keepwatch database.
+type Store struct {
+	client  *mongo.Client
+	db      *mongo.Database
+	timeout time.Duration
+}
+
+// Open connects and pings the server.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	if o.Database == "" {
+		o.Database = "keepwatch"
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	co := options.Client().ApplyURI(o.URI).SetTimeout(o.Timeout)
+	if o.AppName != "" {
+		co.SetAppName(o.AppName)
+	}
+	client, err := mongo.Connect(co)
+	if err != nil {
+		return nil, fmt.Errorf("connect to mongodb: %w", err)
+	}
+	s := &Store{client: client, db: client.Database(o.Database), timeout: o.Timeout}
+	if err := s.Ping(ctx); err != nil {
+		_ = client.Disconnect(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close disconnects.
+func (s *Store) Close(ctx context.Context) error {
+	if err := s.client.Disconnect(ctx); err != nil {
+		return fmt.Errorf("disconnect from mongodb: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the server answers; it wraps keepwatch.ErrUnavailable.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.client.Ping(ctx, nil); err != nil {
+		return fmt.Errorf("ping mongodb: %w: %w", keepwatch.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Database is the keepwatch database, for migrations and tests.
+func (s *Store) Database() *mongo.Database { return s.db }
+
+// stateDoc is the embedded, ordered state of a progress document.
+type stateDoc struct {
+	T   int64   `bson:"t"`
+	K   int32   `bson:"k"`
+	P   float64 `bson:"p"`
+	Pos float64 `bson:"pos"`
+	Dur float64 `bson:"dur"`
+}
+
+// progressDoc is a progress document as stored.
+type progressDoc struct {
+	ID string   `bson:"_id"`
+	U  string   `bson:"u"`
+	V  string   `bson:"v"`
+	S  stateDoc `bson:"s"`
+}
+
+func toStateDoc(st keepwatch.State) bson.D {
+	// bson.D, not the struct, so the field order is explicit: $max compares
+	// embedded documents field by field in this order.
+	return bson.D{
+		{Key: "t", Value: st.EventTime},
+		{Key: "k", Value: int32(st.Kind)},
+		{Key: "p", Value: st.Percent},
+		{Key: "pos", Value: st.Position},
+		{Key: "dur", Value: st.Duration},
+	}
+}
+
+func (d stateDoc) state() keepwatch.State {
+	return keepwatch.State{EventTime: d.T, Kind: keepwatch.Kind(d.K), Percent: d.P, Position: d.Pos, Duration: d.Dur}
+}
+
+func (d progressDoc) progress() keepwatch.Progress {
+	return keepwatch.Progress{UserID: d.U, VideoID: d.V, State: d.S.state()}
+}
