@@ -1,0 +1,353 @@
+// Package redisbuf is the Redis buffer between the command API and MongoDB.
+//
+// It keeps at most one pending entry per (user, video): the newest state by
+// keepwatch.State order, so repeated posts coalesce and MongoDB sees one write
+// per key per flush. Keys are sharded by user, and every key of a shard carries
+// the shard's hash tag, so each script touches one cluster slot and the same
+// code runs on a single Redis and on a Redis Cluster.
+//
+// Per shard NN (hash tag {kwNN}):
+//
+//	kw:{kwNN}:u:<user>  HASH  video → encoded state   the user's pending entries
+//	kw:{kwNN}:q         ZSET  "<user>/<video>" → ms   when the entry may be claimed
+//	kw:{kwNN}:a         ZSET  "<user>/<video>" → ms   since when it is pending
+//
+// A flusher claims due members by pushing their q score to a lease deadline,
+// writes them, then releases exactly the values it wrote. A flusher that dies
+// leaves its lease to expire and the members become due again.
+package redisbuf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keepwatch/keepwatch"
+)
+
+// Options configure a Buffer.
+type Options struct {
+	// Shards is the number of key groups. It must stay the same for the life of
+	// a deployment's data: entries written under another count are not found.
+	Shards int
+	// HighWater is the most pending entries the buffer holds (0: unlimited). It
+	// is enforced per shard as HighWater/Shards, so a write is refused by one
+	// script without a global counter; updates of a pending entry are always
+	// accepted because they do not grow the buffer.
+	HighWater int64
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Buffer is the Redis buffer. It is safe for concurrent use.
+type Buffer struct {
+	c          redis.UniversalClient
+	shards     int
+	shardLimit int64
+	highWater  int64
+	now        func() time.Time
+	tags       []string // "kw:{kwNN}:" per shard
+}
+
+// DefaultShards is the shard count when Options.Shards is 0.
+const DefaultShards = 16
+
+// New returns a buffer on c.
+func New(c redis.UniversalClient, o Options) (*Buffer, error) {
+	if o.Shards == 0 {
+		o.Shards = DefaultShards
+	}
+	if o.Shards < 1 || o.Shards > 1024 {
+		return nil, fmt.Errorf("redis buffer: shards must be 1–1024, got %d", o.Shards)
+	}
+	if o.HighWater < 0 {
+		return nil, fmt.Errorf("redis buffer: high-water mark must not be negative, got %d", o.HighWater)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	b := &Buffer{c: c, shards: o.Shards, highWater: o.HighWater, now: o.Now}
+	if o.HighWater > 0 {
+		b.shardLimit = max(1, (o.HighWater+int64(o.Shards)-1)/int64(o.Shards))
+	}
+	for i := range o.Shards {
+		b.tags = append(b.tags, fmt.Sprintf("kw:{kw%02d}:", i))
+	}
+	return b, nil
+}
+
+// Shards returns the number of shards.
+func (b *Buffer) Shards() int { return b.shards }
+
+// HighWater returns the configured high-water mark (0: unlimited).
+func (b *Buffer) HighWater() int64 { return b.highWater }
+
+// ShardOf returns the shard of a user.
+func (b *Buffer) ShardOf(userID string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(userID))
+	return int(h.Sum32() % uint32(b.shards))
+}
+
+func (b *Buffer) userKey(shard int, userID string) string { return b.tags[shard] + "u:" + userID }
+func (b *Buffer) queueKey(shard int) string               { return b.tags[shard] + "q" }
+func (b *Buffer) ageKey(shard int) string                 { return b.tags[shard] + "a" }
+
+// Write is one request's events for one user. It is applied all-or-nothing.
+type Write struct {
+	UserID  string
+	Entries []Entry
+}
+
+// Entry is one video's new state.
+type Entry struct {
+	VideoID string
+	State   keepwatch.State
+}
+
+// Apply stores writes, each all-or-nothing, in one round trip per shard
+// involved (pipelined together). perWrite[i] is nil when writes[i] is stored
+// (or was older than what is pending, which is the same outcome: the newest
+// state is kept) and keepwatch.ErrBufferFull when it would have grown the
+// buffer past its high-water mark. err is non-nil, wrapping
+// keepwatch.ErrUnavailable, when Redis could not be reached or did not answer;
+// then the outcome of each write is unknown, and a retry is safe because
+// applying a state twice keeps the same newest state.
+func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, err error) {
+	perWrite = make([]error, len(writes))
+	type shardCall struct {
+		keys   []string
+		args   []any
+		writes []int
+	}
+	calls := make(map[int]*shardCall, min(len(writes), b.shards))
+	now := strconv.FormatInt(b.now().UnixMilli(), 10)
+	for i, w := range writes {
+		if len(w.Entries) == 0 {
+			continue
+		}
+		s := b.ShardOf(w.UserID)
+		sc := calls[s]
+		if sc == nil {
+			sc = &shardCall{keys: []string{b.queueKey(s), b.ageKey(s)}, args: []any{now, b.shardLimit}}
+			calls[s] = sc
+		}
+		sc.keys = append(sc.keys, b.userKey(s, w.UserID))
+		sc.args = append(sc.args, w.UserID, len(w.Entries))
+		for _, e := range w.Entries {
+			sc.args = append(sc.args, e.VideoID, e.State.Encode())
+		}
+		sc.writes = append(sc.writes, i)
+	}
+	if len(calls) == 0 {
+		return perWrite, nil
+	}
+	pipe := b.c.Pipeline()
+	cmds := make(map[int]*redis.Cmd, len(calls))
+	for s, sc := range calls {
+		cmds[s] = applyScript.EvalSha(ctx, pipe, sc.keys, sc.args...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
+		return perWrite, unavailable("apply writes", err)
+	}
+	for s, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			// First use on this server (or after SCRIPT FLUSH/failover): EVAL
+			// loads the script; later calls hit the cache.
+			sc := calls[s]
+			cmd = applyScript.Eval(ctx, b.c, sc.keys, sc.args...)
+		}
+		res, err := cmd.Int64Slice()
+		if err != nil {
+			return perWrite, unavailable("apply writes", err)
+		}
+		sc := calls[s]
+		if len(res) != len(sc.writes) {
+			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(sc.writes))
+		}
+		for j, r := range res {
+			if r < 0 {
+				perWrite[sc.writes[j]] = keepwatch.ErrBufferFull
+			}
+		}
+	}
+	return perWrite, nil
+}
+
+// Claim is a leased batch of one shard's pending entries.
+type Claim struct {
+	Shard int
+	// LeaseUntil is the lease deadline in ms since the epoch (with a random
+	// fraction that tells this claim from one made in the same millisecond).
+	LeaseUntil float64
+	Entries    []keepwatch.Progress
+	members    []string
+	raw        []string // the values as read; "" when none was pending
+}
+
+// Claim leases up to max due entries of a shard for lease. Entries is empty
+// when nothing is due.
+func (b *Buffer) Claim(ctx context.Context, shard, max int, lease time.Duration) (*Claim, error) {
+	if shard < 0 || shard >= b.shards {
+		return nil, fmt.Errorf("claim: shard %d out of range", shard)
+	}
+	now := b.now()
+	deadline := float64(now.Add(lease).UnixMilli()) + float64(1+rand.IntN(4094))/4096
+	c := &Claim{Shard: shard, LeaseUntil: deadline}
+	members, err := claimScript.Run(ctx, b.c, []string{b.queueKey(shard)},
+		now.UnixMilli(), strconv.FormatFloat(deadline, 'f', -1, 64), max).StringSlice()
+	if err != nil {
+		return nil, unavailable("claim", err)
+	}
+	if len(members) == 0 {
+		return c, nil
+	}
+	// Values are read after the claim: a value written in between is newer
+	// than the one that was due, so writing it is right, and Release compares
+	// against exactly what was read here.
+	pipe := b.c.Pipeline()
+	gets := make([]*redis.StringCmd, len(members))
+	for i, m := range members {
+		user, video, ok := keepwatch.SplitID(m)
+		if !ok {
+			return nil, fmt.Errorf("claim: malformed member %q in shard %d", m, shard)
+		}
+		gets[i] = pipe.HGet(ctx, b.userKey(shard, user), video)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, unavailable("claim: read values", err)
+	}
+	for i, m := range members {
+		user, video, _ := keepwatch.SplitID(m)
+		v, err := gets[i].Result()
+		if errors.Is(err, redis.Nil) {
+			// Released by another flusher after its own claim on the
+			// same entry expired; Release cleans the index up.
+			c.members = append(c.members, m)
+			c.raw = append(c.raw, "")
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("claim: read value", err)
+		}
+		st, err := keepwatch.DecodeState(v)
+		if err != nil {
+			return nil, fmt.Errorf("claim: shard %d member %q: %w", shard, m, err)
+		}
+		c.Entries = append(c.Entries, keepwatch.Progress{UserID: user, VideoID: video, State: st})
+		c.members = append(c.members, m)
+		c.raw = append(c.raw, v)
+	}
+	return c, nil
+}
+
+// Release ends a claim. done holds indexes of c.Entries that were handled
+// (written, found stale, or dead-lettered); each is removed only if its value
+// is still the claimed one, so a newer value written meanwhile stays pending.
+// Every other entry of the claim becomes due again at once.
+func (b *Buffer) Release(ctx context.Context, c *Claim, done []int) error {
+	if len(c.members) == 0 {
+		return nil
+	}
+	isDone := make([]bool, len(c.Entries))
+	for _, i := range done {
+		if i < 0 || i >= len(c.Entries) {
+			return fmt.Errorf("release: index %d out of range (%d entries)", i, len(c.Entries))
+		}
+		isDone[i] = true
+	}
+	keys := []string{b.queueKey(c.Shard), b.ageKey(c.Shard)}
+	args := []any{b.now().UnixMilli(), strconv.FormatFloat(c.LeaseUntil, 'f', -1, 64)}
+	e := 0
+	for i, m := range c.members {
+		user, video, _ := keepwatch.SplitID(m)
+		keys = append(keys, b.userKey(c.Shard, user))
+		flag := "0"
+		if c.raw[i] != "" {
+			if isDone[e] {
+				flag = "1"
+			}
+			e++
+		}
+		args = append(args, video, m, c.raw[i], flag)
+	}
+	if err := releaseScript.Run(ctx, b.c, keys, args...).Err(); err != nil {
+		return unavailable("release", err)
+	}
+	return nil
+}
+
+// Stats is a cheap snapshot of the buffer.
+type Stats struct {
+	// Pending is the number of pending entries (claimed ones included).
+	Pending int64
+	// Oldest is when the oldest pending entry became pending; zero when none.
+	Oldest time.Time
+}
+
+// Stats reads the pending count and the oldest pending time: two O(1)/O(log n)
+// commands per shard in one pipeline.
+func (b *Buffer) Stats(ctx context.Context) (Stats, error) {
+	pipe := b.c.Pipeline()
+	cards := make([]*redis.IntCmd, b.shards)
+	firsts := make([]*redis.ZSliceCmd, b.shards)
+	for s := range b.shards {
+		cards[s] = pipe.ZCard(ctx, b.ageKey(s))
+		firsts[s] = pipe.ZRangeWithScores(ctx, b.ageKey(s), 0, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return Stats{}, unavailable("buffer stats", err)
+	}
+	var st Stats
+	oldest := int64(-1)
+	for s := range b.shards {
+		st.Pending += cards[s].Val()
+		if z := firsts[s].Val(); len(z) > 0 && (oldest < 0 || int64(z[0].Score) < oldest) {
+			oldest = int64(z[0].Score)
+		}
+	}
+	if oldest >= 0 {
+		st.Oldest = time.UnixMilli(oldest)
+	}
+	return st, nil
+}
+
+// Pending returns the user's pending entries, for the query side's
+// read-your-writes overlay. One HGETALL.
+func (b *Buffer) Pending(ctx context.Context, userID string) ([]keepwatch.Progress, error) {
+	m, err := b.c.HGetAll(ctx, b.userKey(b.ShardOf(userID), userID)).Result()
+	if err != nil {
+		return nil, unavailable("read pending entries", err)
+	}
+	out := make([]keepwatch.Progress, 0, len(m))
+	for video, v := range m {
+		st, err := keepwatch.DecodeState(v)
+		if err != nil {
+			return nil, fmt.Errorf("read pending entries of %q: %w", userID, err)
+		}
+		out = append(out, keepwatch.Progress{UserID: userID, VideoID: video, State: st})
+	}
+	return out, nil
+}
+
+// Ping checks that Redis answers.
+func (b *Buffer) Ping(ctx context.Context) error {
+	if err := b.c.Ping(ctx).Err(); err != nil {
+		return unavailable("ping redis", err)
+	}
+	return nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%s: %w: %w", op, keepwatch.ErrUnavailable, err)
+}

@@ -1,0 +1,284 @@
+package redisbuf_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/internal/testenv"
+	"github.com/keepwatch/keepwatch/storage/redisbuf"
+)
+
+func st(t int64, pct float64) keepwatch.State {
+	return keepwatch.State{EventTime: t, Percent: pct, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}
+}
+
+func del(t int64) keepwatch.State {
+	return keepwatch.State{EventTime: t, Kind: keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}
+}
+
+func newBuffer(t *testing.T, c redis.UniversalClient, o redisbuf.Options) *redisbuf.Buffer {
+	t.Helper()
+	b, err := redisbuf.New(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func pendingMap(t *testing.T, b *redisbuf.Buffer, user string) map[string]keepwatch.State {
+	t.Helper()
+	ps, err := b.Pending(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]keepwatch.State{}
+	for _, p := range ps {
+		m[p.VideoID] = p.State
+	}
+	return m
+}
+
+func apply(t *testing.T, b *redisbuf.Buffer, user string, es ...redisbuf.Entry) error {
+	t.Helper()
+	per, err := b.Apply(context.Background(), []redisbuf.Write{{UserID: user, Entries: es}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return per[0]
+}
+
+// contract runs the buffer's operations against a client; it is run on a
+// single redis-server and on a 3-master Redis Cluster.
+func contract(t *testing.T, c redis.UniversalClient) {
+	ctx := context.Background()
+	reset := func(t *testing.T) {
+		t.Helper()
+		var err error
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
+		} else {
+			err = c.FlushAll(ctx).Err()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("newest wins and tombstones are ordered", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 8})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, b, u, redisbuf.Entry{VideoID: "v1", State: st(2000, 20)})
+		apply(t, b, u, redisbuf.Entry{VideoID: "v1", State: st(1000, 90)}) // late retry: older
+		apply(t, b, u, redisbuf.Entry{VideoID: "v2", State: st(1000, 50)}, redisbuf.Entry{VideoID: "v2", State: del(1500)})
+		apply(t, b, u, redisbuf.Entry{VideoID: "v2", State: st(1400, 60)}) // older than the delete
+		got := pendingMap(t, b, u)
+		if got["v1"] != st(2000, 20) {
+			t.Errorf("v1 = %+v, want the event at 2000", got["v1"])
+		}
+		if got["v2"] != del(1500) {
+			t.Errorf("v2 = %+v, want the tombstone at 1500", got["v2"])
+		}
+		stats, err := b.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats.Pending < 2 || stats.Oldest.IsZero() {
+			t.Errorf("stats = %+v, want ≥2 pending and an oldest time", stats)
+		}
+	})
+	t.Run("claim, release exactly what was written", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 4})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		shard := b.ShardOf(u)
+		cl, err := b.Claim(ctx, shard, 100, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cl.Entries) != 2 {
+			t.Fatalf("claimed %d entries, want 2", len(cl.Entries))
+		}
+		// Claimed entries are invisible to a second flusher.
+		again, err := b.Claim(ctx, shard, 100, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(again.Entries) != 0 {
+			t.Fatalf("second claim got %d entries while leased", len(again.Entries))
+		}
+		// "a" gets a newer value while the claim is being written.
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2000, 20)})
+		if err := b.Release(ctx, cl, []int{0, 1}); err != nil {
+			t.Fatal(err)
+		}
+		got := pendingMap(t, b, u)
+		if len(got) != 1 || got["a"] != st(2000, 20) {
+			t.Fatalf("after release pending = %+v, want only a@2000", got)
+		}
+		// The newer value is due again at once.
+		next, err := b.Claim(ctx, shard, 100, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(next.Entries) != 1 || next.Entries[0].State != st(2000, 20) {
+			t.Fatalf("next claim = %+v, want a@2000", next.Entries)
+		}
+		if err := b.Release(ctx, next, nil); err != nil { // not handled: stays pending, due again
+			t.Fatal(err)
+		}
+		last, err := b.Claim(ctx, shard, 100, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(last.Entries) != 1 {
+			t.Fatalf("an unhandled entry must be due again, got %d", len(last.Entries))
+		}
+		if err := b.Release(ctx, last, []int{0}); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending after full release = %+v", got)
+		}
+	})
+	t.Run("an expired lease is claimed again", func(t *testing.T) {
+		reset(t)
+		now := time.Now()
+		clock := func() time.Time { return now }
+		b := newBuffer(t, c, redisbuf.Options{Shards: 2, Now: clock})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)})
+		dead, err := b.Claim(ctx, b.ShardOf(u), 10, time.Second)
+		if err != nil || len(dead.Entries) != 1 {
+			t.Fatalf("claim: %v %+v", err, dead)
+		}
+		now = now.Add(2 * time.Second) // the first flusher died; its lease passed
+		cl, err := b.Claim(ctx, b.ShardOf(u), 10, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cl.Entries) != 1 || cl.Entries[0].VideoID != "a" {
+			t.Fatalf("reclaim = %+v", cl.Entries)
+		}
+		// The dead flusher comes back late and releases nothing it did not
+		// write: its undone release must not make the entry visible under
+		// the live claim.
+		if err := b.Release(ctx, dead, nil); err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := b.Claim(ctx, b.ShardOf(u), 10, time.Minute); len(again.Entries) != 0 {
+			t.Fatalf("entry leaked out of a live claim: %+v", again.Entries)
+		}
+		if err := b.Release(ctx, cl, []int{0}); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending = %+v", got)
+		}
+	})
+	t.Run("high-water mark refuses growth, all or nothing", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 1, HighWater: 2})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		if err := apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1, 1)}); err != nil {
+			t.Fatal(err)
+		}
+		err := apply(t, b, u, redisbuf.Entry{VideoID: "b", State: st(1, 1)}, redisbuf.Entry{VideoID: "c", State: st(1, 1)})
+		if !errors.Is(err, keepwatch.ErrBufferFull) {
+			t.Fatalf("err = %v, want ErrBufferFull", err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 1 {
+			t.Fatalf("a refused write stored something: %+v", got)
+		}
+		// Updating a pending entry does not grow the buffer and is accepted.
+		if err := apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2, 2)}); err != nil {
+			t.Fatalf("update of a pending entry refused: %v", err)
+		}
+	})
+}
+
+func TestBufferSingle(t *testing.T) {
+	r := testenv.StartRedis(t)
+	contract(t, r.Client())
+}
+
+func TestBufferCluster(t *testing.T) {
+	cl := testenv.StartRedisCluster(t)
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs()})
+	t.Cleanup(func() { _ = c.Close() })
+	contract(t, c)
+}
+
+// TestNewestWinsAnyOrder delivers the same events in random orders, with
+// duplicates and deletes interleaved and in random groupings, and checks that
+// the buffer always ends with the newest state per key.
+func TestNewestWinsAnyOrder(t *testing.T) {
+	r := testenv.StartRedis(t)
+	c := r.Client()
+	type ev struct {
+		user, video string
+		s           keepwatch.State
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var events []ev
+	for i := range 300 {
+		user := fmt.Sprintf("u%d", rng.IntN(5))
+		video := fmt.Sprintf("v%d", rng.IntN(6))
+		t := int64(1000 + rng.IntN(50)) // few distinct times: many ties
+		s := st(t, float64(rng.IntN(5))*10)
+		if i%7 == 0 {
+			s = del(t)
+		}
+		events = append(events, ev{user, video, s})
+	}
+	want := map[string]keepwatch.State{}
+	for _, e := range events {
+		k := e.user + "/" + e.video
+		if cur, ok := want[k]; !ok || e.s.Newer(cur) {
+			want[k] = e.s
+		}
+	}
+	for round := range 20 {
+		if err := c.FlushAll(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		b := newBuffer(t, c, redisbuf.Options{Shards: 3})
+		order := slices.Clone(events)
+		order = append(order, events[:rng.IntN(len(events))]...) // duplicates
+		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for len(order) > 0 {
+			n := min(len(order), 1+rng.IntN(8))
+			var ws []redisbuf.Write
+			for _, e := range order[:n] {
+				ws = append(ws, redisbuf.Write{UserID: e.user, Entries: []redisbuf.Entry{{VideoID: e.video, State: e.s}}})
+			}
+			order = order[n:]
+			if _, err := b.Apply(context.Background(), ws); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]keepwatch.State{}
+		for u := range 5 {
+			user := fmt.Sprintf("u%d", u)
+			for v, s := range pendingMap(t, b, user) {
+				got[user+"/"+v] = s
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("round %d: %d keys, want %d", round, len(got), len(want))
+		}
+		for k, w := range want {
+			if got[k] != w {
+				t.Fatalf("round %d: %s = %+v, want %+v", round, k, got[k], w)
+			}
+		}
+	}
+}

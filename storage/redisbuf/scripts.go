@@ -1,0 +1,125 @@
+package redisbuf
+
+import "github.com/redis/go-redis/v9"
+
+// Every script touches only keys of one shard: they all carry the shard's hash
+// tag, so each script call lives in one cluster slot. Keys are always passed in
+// KEYS (never built inside a script) so Redis Cluster can route and check them.
+
+// applyScript applies groups of entries, each group one request's events for
+// one user, all-or-nothing per group.
+//
+// KEYS[1] = q (visibility zset), KEYS[2] = a (age zset), KEYS[2+g] = user hash of group g.
+// ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending entries (0 = none),
+// then per group: user, n, and n pairs of (video, encoded state).
+// Returns one integer per group: the number of entries that changed the
+// buffer (0 when every entry was older than what is pending), or -1 when the
+// group would add entries past the limit (nothing of it is applied).
+//
+// Encoded states have a fixed width, so comparing them as strings compares
+// event time first and then the tie-break fields (keepwatch.State.Compare).
+var applyScript = redis.NewScript(`
+local now = ARGV[1]
+local limit = tonumber(ARGV[2])
+local card = redis.call('ZCARD', KEYS[2])
+local out = {}
+local i = 3
+local g = 0
+while i <= #ARGV do
+  g = g + 1
+  local hk = KEYS[2 + g]
+  local user = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  local base = i + 2
+  local fresh = 0
+  if limit > 0 then
+    for j = 0, n - 1 do
+      if redis.call('HEXISTS', hk, ARGV[base + 2 * j]) == 0 then fresh = fresh + 1 end
+    end
+  end
+  if fresh > 0 and card + fresh > limit then
+    out[g] = -1
+  else
+    local changed = 0
+    for j = 0, n - 1 do
+      local video = ARGV[base + 2 * j]
+      local val = ARGV[base + 2 * j + 1]
+      local cur = redis.call('HGET', hk, video)
+      if not cur then
+        redis.call('HSET', hk, video, val)
+        local m = user .. '/' .. video
+        redis.call('ZADD', KEYS[1], 'NX', now, m)
+        redis.call('ZADD', KEYS[2], 'NX', now, m)
+        card = card + 1
+        changed = changed + 1
+      elseif val > cur then
+        redis.call('HSET', hk, video, val)
+        changed = changed + 1
+      end
+    end
+    out[g] = changed
+  end
+  i = base + 2 * n
+end
+return out
+`)
+
+// claimScript hides up to ARGV[3] due members of the shard for a lease.
+//
+// KEYS[1] = q. ARGV[1] = now (ms), ARGV[2] = lease deadline (ms), ARGV[3] = max.
+// Returns the claimed members. A member stays claimed (invisible) until its
+// deadline; a flusher that dies simply lets the deadline pass.
+var claimScript = redis.NewScript(`
+local ms = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(ms) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], m)
+end
+return ms
+`)
+
+// releaseScript ends a claim.
+//
+// KEYS[1] = q, KEYS[2] = a, KEYS[2+i] = user hash of item i.
+// ARGV[1] = now (ms), ARGV[2] = the claim's lease deadline, then per item:
+// video, member, claimed value ("" when the claim found none), done (1/0).
+// A done item is removed only if the pending value is still the claimed one: a
+// newer value written meanwhile stays pending. Every item still pending and
+// still under this claim becomes visible again at once; an item re-claimed by
+// another flusher after this lease expired is left to that flusher.
+// Returns the number of entries removed.
+var releaseScript = redis.NewScript(`
+local now = ARGV[1]
+local lease = tonumber(ARGV[2])
+local removed = 0
+local item = 0
+for i = 3, #ARGV, 4 do
+  item = item + 1
+  local hk = KEYS[2 + item]
+  local video, m, val, done = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local cur = redis.call('HGET', hk, video)
+  if not cur then
+    -- nothing pending: drop index entries a crash may have left behind
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+  elseif done == '1' and cur == val then
+    redis.call('HDEL', hk, video)
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], m)
+    removed = removed + 1
+  else
+    local score = tonumber(redis.call('ZSCORE', KEYS[1], m))
+    if score == nil then
+      redis.call('ZADD', KEYS[1], now, m)
+      redis.call('ZADD', KEYS[2], 'NX', now, m)
+    elseif score == lease then
+      redis.call('ZADD', KEYS[1], 'XX', now, m)
+    end
+    if done == '1' then
+      -- a newer value arrived while the old one was being written: its age
+      -- starts now, not when the old value first became pending
+      redis.call('ZADD', KEYS[2], 'XX', now, m)
+    end
+  end
+end
+return removed
+`)
