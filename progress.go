@@ -182,3 +182,16 @@ func SplitID(id string) (userID, videoID string, ok bool) {
 	}
 	return id[:i], id[i+1:], true
 }
+
+// Entry is one video's new state inside a Write.
+type Entry struct {
+	VideoID string
+	State   State
+}
+
+// Write is what one request stores for one user: its events, applied
+// all-or-nothing.
+type Write struct {
+	UserID  string
+	Entries []Entry
+}

@@ -100,16 +100,10 @@ func (b *Buffer) queueKey(shard int) string               { return b.tags[shard]
 func (b *Buffer) ageKey(shard int) string                 { return b.tags[shard] + "a" }
 
 // Write is one request's events for one user. It is applied all-or-nothing.
-type Write struct {
-	UserID  string
-	Entries []Entry
-}
+type Write = keepwatch.Write
 
 // Entry is one video's new state.
-type Entry struct {
-	VideoID string
-	State   keepwatch.State
-}
+type Entry = keepwatch.Entry
 
 // Apply stores writes, each all-or-nothing, in one round trip per shard
 // involved (pipelined together). perWrite[i] is nil when writes[i] is stored

@@ -1,0 +1,170 @@
+// Package auth verifies and mints the HS256 bearer tokens players and
+// frontends send. The user is the token's subject.
+//
+// A player sends the same token every 10 seconds for hours, so a verified
+// token is cached until it expires: the HMAC, base64 and JSON work is done once
+// per token instead of once per request.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/keepwatch/keepwatch"
+)
+
+// Verifier checks tokens against one or more secrets (rotation: every listed
+// secret verifies; the first one signs new tokens).
+type Verifier struct {
+	keys   jwt.VerificationKeySet
+	parser *jwt.Parser
+	now    func() time.Time
+	cache  *tokenCache
+}
+
+// NewVerifier returns a verifier for secrets, caching up to cacheSize verified
+// tokens (0 disables the cache).
+func NewVerifier(secrets []string, cacheSize int) (*Verifier, error) {
+	var ks jwt.VerificationKeySet
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		ks.Keys = append(ks.Keys, []byte(s))
+	}
+	if len(ks.Keys) == 0 {
+		return nil, errors.New("auth: at least one non-empty secret is required (--auth-secret)")
+	}
+	v := &Verifier{keys: ks, now: time.Now}
+	v.parser = jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithTimeFunc(func() time.Time { return v.now() }),
+	)
+	if cacheSize > 0 {
+		v.cache = newTokenCache(cacheSize)
+	}
+	return v, nil
+}
+
+// SetClock replaces the clock, for tests.
+func (v *Verifier) SetClock(now func() time.Time) { v.now = now }
+
+// Verify checks a token and returns its user. Every failure is a
+// *keepwatch.Error with code EUNAUTHORIZED.
+func (v *Verifier) Verify(token []byte) (string, error) {
+	now := v.now()
+	if v.cache != nil {
+		if user, exp, ok := v.cache.get(token); ok {
+			if now.Unix() < exp {
+				return user, nil
+			}
+			v.cache.remove(token)
+			return "", &keepwatch.Error{Code: keepwatch.EUNAUTHORIZED, Message: "the token has expired"}
+		}
+	}
+	var claims jwt.RegisteredClaims
+	_, err := v.parser.ParseWithClaims(string(token), &claims, func(*jwt.Token) (any, error) { return v.keys, nil })
+	if err != nil {
+		msg := "a valid bearer token is required"
+		if errors.Is(err, jwt.ErrTokenExpired) {
+			msg = "the token has expired"
+		}
+		return "", &keepwatch.Error{Code: keepwatch.EUNAUTHORIZED, Message: msg, Err: err}
+	}
+	if !keepwatch.ValidUserID(claims.Subject) {
+		return "", &keepwatch.Error{Code: keepwatch.EUNAUTHORIZED, Message: "the token's sub must be a user id of 1–128 printable bytes"}
+	}
+	if v.cache != nil {
+		v.cache.put(string(token), claims.Subject, claims.ExpiresAt.Unix())
+	}
+	return claims.Subject, nil
+}
+
+// Mint signs a token for user, valid for ttl, with secret.
+func Mint(secret, user string, ttl time.Duration) (string, error) {
+	if secret == "" {
+		return "", errors.New("mint token: empty secret")
+	}
+	if !keepwatch.ValidUserID(user) {
+		return "", fmt.Errorf("mint token: invalid user id %q", user)
+	}
+	now := time.Now()
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject:   user,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	})
+	s, err := t.SignedString([]byte(secret))
+	if err != nil {
+		return "", fmt.Errorf("mint token: %w", err)
+	}
+	return s, nil
+}
+
+// tokenCache maps verified tokens to their user and expiry. It is sharded to
+// keep lock contention off the request path and bounded: a full shard drops
+// arbitrary entries (Go map iteration order), which only costs a re-verify.
+type tokenCache struct {
+	seed   maphash.Seed
+	shards [64]cacheShard
+	per    int
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[string]cacheEntry
+}
+
+type cacheEntry struct {
+	user string
+	exp  int64
+}
+
+func newTokenCache(size int) *tokenCache {
+	c := &tokenCache{seed: maphash.MakeSeed(), per: max(1, size/64)}
+	for i := range c.shards {
+		c.shards[i].m = make(map[string]cacheEntry)
+	}
+	return c
+}
+
+func (c *tokenCache) shard(token []byte) *cacheShard {
+	return &c.shards[maphash.Bytes(c.seed, token)%uint64(len(c.shards))]
+}
+
+func (c *tokenCache) get(token []byte) (string, int64, bool) {
+	s := c.shard(token)
+	s.mu.RLock()
+	e, ok := s.m[string(token)] // no allocation: the compiler special-cases this conversion
+	s.mu.RUnlock()
+	return e.user, e.exp, ok
+}
+
+func (c *tokenCache) put(token, user string, exp int64) {
+	s := c.shard([]byte(token))
+	s.mu.Lock()
+	if len(s.m) >= c.per {
+		n := 0
+		for k := range s.m {
+			delete(s.m, k)
+			if n++; n >= max(1, c.per/8) {
+				break
+			}
+		}
+	}
+	s.m[token] = cacheEntry{user: user, exp: exp}
+	s.mu.Unlock()
+}
+
+func (c *tokenCache) remove(token []byte) {
+	s := c.shard(token)
+	s.mu.Lock()
+	delete(s.m, string(token))
+	s.mu.Unlock()
+}
