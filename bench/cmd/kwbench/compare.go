@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keepwatch/keepwatch/bench/proc"
+	"github.com/keepwatch/keepwatch/bench/target"
+	"github.com/keepwatch/keepwatch/bench/token"
+	"github.com/keepwatch/keepwatch/bench/wrk"
+)
+
+// compareResult is one target's line of the comparison.
+type compareResult struct {
+	Target string     `json:"target"`
+	Result wrk.Result `json:"result"`
+	// ServerCPU is the CPU the server processes used per second of the
+	// measured run (1.0 = one full core).
+	ServerCPU float64 `json:"server_cpu_cores"`
+	ServerRSS int64   `json:"server_rss_bytes"`
+	Ratio     float64 `json:"ratio_to_bare"`
+}
+
+// commonFlags are the flags compare and fleet share: what to start and where.
+type commonFlags struct {
+	keepwatch  string
+	secret     string
+	serverCore int
+	loadCore   int
+	redisCore  int
+	mongoURI   string
+	dir        string
+	kwArgs     string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.keepwatch, "keepwatch", "", "keepwatch binary (default: go build ./cmd/keepwatch into the run directory)")
+	fs.StringVar(&c.secret, "secret", "kwbench-secret", "HS256 secret given to every server and used to mint tokens")
+	fs.IntVar(&c.serverCore, "server-core", 0, "CPU core each server is pinned to, with GOMAXPROCS=1 (-1: not pinned)")
+	fs.IntVar(&c.loadCore, "load-core", 1, "CPU core the load generator is pinned to (-1: not pinned)")
+	fs.IntVar(&c.redisCore, "redis-core", 1, "CPU core each redis-server is pinned to (-1: not pinned)")
+	fs.StringVar(&c.mongoURI, "mongo-uri", "", "a real MongoDB: adds the naive-mongo baseline (one upsert per request)")
+	fs.StringVar(&c.dir, "dir", "", "directory for logs, tokens and reports (default: a new temporary directory)")
+	fs.StringVar(&c.kwArgs, "keepwatch-args", "--rate-limit=1000000 --rate-burst=1000000",
+		"extra arguments of `keepwatch command` (space-separated); the default relaxes the per-user rate limit, since each simulated user posts far more often than a player")
+}
+
+// config builds the launch configuration, building keepwatch when needed.
+func (c *commonFlags) config(ctx context.Context, w io.Writer) (target.Config, error) {
+	if c.dir == "" {
+		d, err := os.MkdirTemp("", "kwbench-")
+		if err != nil {
+			return target.Config{}, fmt.Errorf("create run directory: %w", err)
+		}
+		c.dir = d
+	} else if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return target.Config{}, fmt.Errorf("create run directory: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return target.Config{}, fmt.Errorf("find own executable: %w", err)
+	}
+	kw := c.keepwatch
+	if kw == "" {
+		mod, err := moduleDir()
+		if err != nil {
+			return target.Config{}, err
+		}
+		fmt.Fprintf(w, "building keepwatch from %s ...\n", mod)
+		if kw, err = target.BuildKeepwatch(ctx, mod, c.dir); err != nil {
+			return target.Config{}, err
+		}
+	}
+	return target.Config{
+		Self: self, Keepwatch: kw, Dir: c.dir, Secret: c.secret,
+		ServerCore: c.serverCore, RedisCore: c.redisCore, MongoURI: c.mongoURI,
+		KeepwatchArgs: strings.Fields(c.kwArgs),
+	}, nil
+}
+
+// moduleDir finds the keepwatch module root from the working directory up.
+func moduleDir() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find module: %w", err)
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(d, "go.mod"))
+		if err == nil && strings.Contains(string(b), "module github.com/keepwatch/keepwatch\n") {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", errors.New("not inside the keepwatch module: run from its checkout or pass --keepwatch")
+		}
+		d = parent
+	}
+}
+
+// runCompare runs the same closed-loop wrk load against each target in turn.
+func runCompare(ctx context.Context, args []string, w io.Writer) error {
+	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
+	fs.SetOutput(w)
+	var cf commonFlags
+	cf.register(fs)
+	duration := fs.Duration("duration", 15*time.Second, "measured time per target")
+	warmup := fs.Duration("warmup", 3*time.Second, "unmeasured load before each measurement (fills token caches, connections)")
+	conns := fs.Int("connections", 64, "wrk connections")
+	threads := fs.Int("threads", 1, "wrk threads")
+	users := fs.Int("users", 10000, "distinct users (one token each) the requests rotate over")
+	videos := fs.Int("videos", 4, "videos per user")
+	targets := fs.String("targets", "bare,keepwatch,naive-redis", "targets in order, comma-separated (naive-mongo is added when --mongo-uri is set)")
+	jsonOut := fs.String("json", "", "also write the figures as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	kinds, err := target.ParseKinds(*targets)
+	if err != nil {
+		return err
+	}
+	if cf.mongoURI != "" && !strings.Contains(*targets, string(target.NaiveMongo)) {
+		kinds = append(kinds, target.NaiveMongo)
+	}
+	cfg, err := cf.config(ctx, w)
+	if err != nil {
+		return err
+	}
+	toks, err := token.Pool(cf.secret, "bench-user-", *users, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	wo := wrk.Options{Connections: *conns, Threads: *threads, Timeout: 2 * time.Second, Tokens: toks,
+		Videos: *videos, Core: cf.loadCore, Dir: cfg.Dir}
+	if err := wrk.Prepare(wo); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "run directory %s; each server on core %d (GOMAXPROCS=1), wrk on core %d (-t%d -c%d), redis on core %d, %s per target after %s warm-up, %d users\n",
+		cfg.Dir, cf.serverCore, cf.loadCore, *threads, *conns, cf.redisCore, *duration, *warmup, *users)
+	var results []compareResult
+	for _, k := range kinds {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration)
+		if err != nil {
+			return fmt.Errorf("%s: %w", k, err)
+		}
+		fmt.Fprintf(w, "  %-12s %9.0f req/s  p50 %-9s p99 %-9s errors %d\n", k, res.Result.RPS,
+			fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors())
+		results = append(results, res)
+	}
+	var bareRPS float64
+	for _, r := range results {
+		if r.Target == string(target.Bare) {
+			bareRPS = r.Result.RPS
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\tRSS\tvs bare\t")
+	for i := range results {
+		r := &results[i]
+		ratio := "-"
+		if bareRPS > 0 {
+			r.Ratio = r.Result.RPS / bareRPS
+			ratio = fmt.Sprintf("%.2f×", r.Ratio)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f MiB\t%s\t\n", r.Target, r.Result.RPS,
+			fmtDur(r.Result.P50), fmtDur(r.Result.P90), fmtDur(r.Result.P99), fmtDur(r.Result.Max),
+			r.Result.Errors(), r.ServerCPU, float64(r.ServerRSS)/(1<<20), ratio)
+	}
+	fmt.Fprintln(w)
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("print results: %w", err)
+	}
+	fmt.Fprintln(w, "errors = answers other than 2xx/3xx (wrk counts status > 399) + socket errors + timeouts")
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(map[string]any{"duration": duration.String(), "connections": *conns,
+			"users": *users, "server_core": cf.serverCore, "load_core": cf.loadCore, "results": results}, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode results: %w", err)
+		}
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", *jsonOut, err)
+		}
+	}
+	return nil
+}
+
+// compareOne launches one target, warms it up, measures it and stops it.
+func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Options, warmup, duration time.Duration) (res compareResult, err error) {
+	run, err := target.Launch(ctx, k, cfg)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if serr := run.Stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	wo.URL = run.CommandURL
+	if warmup > 0 {
+		wo.Duration = warmup
+		if _, err := wrk.Run(ctx, wo); err != nil {
+			return res, fmt.Errorf("warm up: %w", err)
+		}
+	}
+	before := usage(run.Servers)
+	t0 := time.Now()
+	wo.Duration = duration
+	r, err := wrk.Run(ctx, wo)
+	if err != nil {
+		return res, err
+	}
+	elapsed := time.Since(t0)
+	after := usage(run.Servers)
+	return compareResult{Target: string(k), Result: r,
+		ServerCPU: (after.CPU - before.CPU).Seconds() / elapsed.Seconds(), ServerRSS: after.RSS}, nil
+}
+
+// usage sums CPU and RSS over processes (missing ones count zero).
+func usage(ps []*proc.Process) proc.Usage {
+	var u proc.Usage
+	for _, p := range ps {
+		if x, err := proc.ReadUsage(p.PID()); err == nil {
+			u.CPU += x.CPU
+			u.RSS += x.RSS
+		}
+	}
+	return u
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+}

@@ -1,0 +1,232 @@
+// Package target starts the servers a benchmark compares — keepwatch and its
+// baselines — each pinned to its own core, and stops them afterwards.
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keepwatch/keepwatch/bench/proc"
+)
+
+// Kind names a server under test.
+type Kind string
+
+// The kinds a benchmark can run.
+const (
+	// Bare is Fiber answering 202 with no work: the ceiling.
+	Bare Kind = "bare"
+	// Keepwatch is `keepwatch command` (flusher off) on its own redis-server,
+	// plus `keepwatch query` when the binary has it.
+	Keepwatch Kind = "keepwatch"
+	// KeepwatchDev is `keepwatch dev`: command, flusher and query in one
+	// process on an embedded MongoDB-protocol server.
+	KeepwatchDev Kind = "keepwatch-dev"
+	// NaiveRedis is the hand-written service: one synchronous Redis script
+	// call per request.
+	NaiveRedis Kind = "naive-redis"
+	// NaiveMongo is one synchronous MongoDB upsert per request; it needs a
+	// real MongoDB URI.
+	NaiveMongo Kind = "naive-mongo"
+)
+
+// ParseKinds splits a comma-separated list of kinds.
+func ParseKinds(s string) ([]Kind, error) {
+	var out []Kind
+	for _, f := range strings.Split(s, ",") {
+		k := Kind(strings.TrimSpace(f))
+		switch k {
+		case Bare, Keepwatch, KeepwatchDev, NaiveRedis, NaiveMongo:
+			out = append(out, k)
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown target %q (want bare, keepwatch, keepwatch-dev, naive-redis, naive-mongo)", k)
+		}
+	}
+	return out, nil
+}
+
+// Config is what every launch needs.
+type Config struct {
+	// Self is this benchmark's own executable; it serves the baselines
+	// (`kwbench serve`).
+	Self string
+	// Keepwatch is the keepwatch binary.
+	Keepwatch string
+	// Dir holds logs and data of the run.
+	Dir string
+	// Secret signs the tokens; every server is given it.
+	Secret string
+	// ServerCore pins each server to a core (GOMAXPROCS=1); -1 leaves them free.
+	ServerCore int
+	// RedisCore pins each redis-server; -1 leaves it free.
+	RedisCore int
+	// MongoURI is a real MongoDB for naive-mongo.
+	MongoURI string
+	// KeepwatchArgs are added to `keepwatch command`'s arguments.
+	KeepwatchArgs []string
+	// Query starts `keepwatch query` beside `keepwatch command` (it needs a
+	// MongoDB: MongoURI).
+	Query bool
+}
+
+// Running is a launched target.
+type Running struct {
+	Kind Kind
+	// CommandURL takes POST /v1/progress; QueryURL serves GET (empty when the
+	// target has no query side).
+	CommandURL string
+	QueryURL   string
+	// RedisURL is the target's Redis (empty when it has none).
+	RedisURL string
+	// Servers are the processes whose CPU and memory the report shows.
+	Servers []*proc.Process
+	procs   []*proc.Process // everything started, in start order
+}
+
+// Stop stops every process, newest first, and returns the first error.
+func (r *Running) Stop() error {
+	var errs []error
+	for i := len(r.procs) - 1; i >= 0; i-- {
+		errs = append(errs, r.procs[i].Stop(10*time.Second))
+	}
+	return errors.Join(errs...)
+}
+
+// Launch starts kind and waits until it is ready. On error it stops whatever
+// it started.
+func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
+	r = &Running{Kind: kind}
+	defer func() {
+		if err != nil {
+			_ = r.Stop()
+			r = nil
+		}
+	}()
+	dir := filepath.Join(c.Dir, string(kind))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	startRedis := func() error {
+		rd, err := proc.StartRedis(ctx, "redis", dir, c.RedisCore)
+		if err != nil {
+			return err
+		}
+		r.procs = append(r.procs, rd.Process)
+		r.RedisURL = rd.URL()
+		return nil
+	}
+	server := func(name, path string, args, env []string) (string, error) {
+		addr, err := proc.FreeAddr()
+		if err != nil {
+			return "", err
+		}
+		args = append(args, "--http-addr", addr)
+		if c.ServerCore >= 0 {
+			// One core, one P: the server gets exactly the core it is pinned to.
+			env = append(env, "GOMAXPROCS=1")
+		}
+		p, err := proc.Start(proc.Spec{Name: name, Path: path, Args: args, Env: env, Core: c.ServerCore, LogDir: dir})
+		if err != nil {
+			return "", err
+		}
+		r.procs = append(r.procs, p)
+		r.Servers = append(r.Servers, p)
+		url := "http://" + addr
+		if err := proc.WaitHTTP(ctx, p, url+"/readyz", 60*time.Second); err != nil {
+			return "", fmt.Errorf("%s: %w (log: %s)", name, err, filepath.Join(dir, name+".log"))
+		}
+		return url, nil
+	}
+	switch kind {
+	case Bare:
+		r.CommandURL, err = server("bare", c.Self, []string{"serve", "--kind", "bare"}, nil)
+		return r, err
+	case NaiveRedis:
+		if err := startRedis(); err != nil {
+			return r, err
+		}
+		r.CommandURL, err = server("naive-redis", c.Self, []string{"serve", "--kind", "naive-redis",
+			"--redis-url", r.RedisURL, "--auth-secret", c.Secret}, nil)
+		r.QueryURL = r.CommandURL
+		return r, err
+	case NaiveMongo:
+		if c.MongoURI == "" {
+			return r, errors.New("naive-mongo needs a real MongoDB: pass its URI")
+		}
+		r.CommandURL, err = server("naive-mongo", c.Self, []string{"serve", "--kind", "naive-mongo",
+			"--mongo-uri", c.MongoURI, "--auth-secret", c.Secret}, nil)
+		r.QueryURL = r.CommandURL
+		return r, err
+	case Keepwatch:
+		if err := startRedis(); err != nil {
+			return r, err
+		}
+		args := []string{"command", "--redis-url", r.RedisURL, "--auth-secret", c.Secret, "--flush=false"}
+		r.CommandURL, err = server("keepwatch-command", c.Keepwatch, append(args, c.KeepwatchArgs...), nil)
+		if err != nil || !c.Query {
+			return r, err
+		}
+		qargs := []string{"query", "--redis-url", r.RedisURL, "--auth-secret", c.Secret}
+		if c.MongoURI != "" {
+			qargs = append(qargs, "--mongo-uri", c.MongoURI)
+		}
+		r.QueryURL, err = server("keepwatch-query", c.Keepwatch, qargs, nil)
+		return r, err
+	case KeepwatchDev:
+		return r, launchDev(ctx, r, c, dir, startRedis)
+	}
+	return r, fmt.Errorf("unknown target %q", kind)
+}
+
+// launchDev starts `keepwatch dev` with a redis-server of ours (so Redis INFO
+// can be read) and waits for both its APIs.
+func launchDev(ctx context.Context, r *Running, c Config, dir string, startRedis func() error) error {
+	if err := startRedis(); err != nil {
+		return err
+	}
+	caddr, err := proc.FreeAddr()
+	if err != nil {
+		return err
+	}
+	qaddr, err := proc.FreeAddr()
+	if err != nil {
+		return err
+	}
+	args := []string{"dev", "--data-dir", filepath.Join(dir, "data"), "--command-addr", caddr, "--query-addr", qaddr,
+		"--redis-url", r.RedisURL, "--auth-secret", c.Secret}
+	env := []string{}
+	if c.ServerCore >= 0 {
+		env = append(env, "GOMAXPROCS=1")
+	}
+	p, err := proc.Start(proc.Spec{Name: "keepwatch-dev", Path: c.Keepwatch, Args: args, Env: env, Core: c.ServerCore, LogDir: dir})
+	if err != nil {
+		return err
+	}
+	r.procs = append(r.procs, p)
+	r.Servers = append(r.Servers, p)
+	r.CommandURL, r.QueryURL = "http://"+caddr, "http://"+qaddr
+	for _, u := range []string{r.CommandURL, r.QueryURL} {
+		if err := proc.WaitHTTP(ctx, p, u+"/readyz", 120*time.Second); err != nil {
+			return fmt.Errorf("keepwatch dev: %w (log: %s)", err, filepath.Join(dir, "keepwatch-dev.log"))
+		}
+	}
+	return nil
+}
+
+// BuildKeepwatch builds ./cmd/keepwatch of the module in moduleDir into dir.
+func BuildKeepwatch(ctx context.Context, moduleDir, dir string) (string, error) {
+	out := filepath.Join(dir, "keepwatch")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/keepwatch")
+	cmd.Dir = moduleDir
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/keepwatch: %w: %s", err, b)
+	}
+	return out, nil
+}
