@@ -12,6 +12,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Kind tells progress from a removal. A removal is a tombstone ordered by event
@@ -194,4 +195,12 @@ type Entry struct {
 type Write struct {
 	UserID  string
 	Entries []Entry
+}
+
+// BufferStats is a cheap snapshot of the write buffer.
+type BufferStats struct {
+	// Pending is the number of pending entries (claimed ones included).
+	Pending int64
+	// Oldest is when the oldest pending entry became pending; zero when none.
+	Oldest time.Time
 }

@@ -2,10 +2,37 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/keepwatch/keepwatch/internal/auth"
 )
 
-// runToken is being built; see the issue tracker.
-func runToken(ctx context.Context, env *environment, args []string) error {
-	return errors.New("token: not built yet")
+// runToken prints a token for a user, signed with the first --auth-secret, for
+// development and benchmarks.
+func runToken(_ context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "token", "Print an HS256 bearer token for a user, signed with the first --auth-secret.")
+	user := fs.String("user", "", "user id (the token's sub); required")
+	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
+	secret := fs.String("auth-secret", "", "HS256 secrets, comma-separated; the first one signs")
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return usageError{"--user is required"}
+	}
+	first, _, _ := strings.Cut(*secret, ",")
+	if first == "" {
+		return usageError{"--auth-secret (KEEPWATCH_AUTH_SECRET) is required"}
+	}
+	if *ttl <= 0 {
+		return usageError{"--ttl must be positive"}
+	}
+	tok, err := auth.Mint(first, *user, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(env.stdout, tok)
+	return err
 }

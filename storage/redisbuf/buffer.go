@@ -278,12 +278,7 @@ func (b *Buffer) Release(ctx context.Context, c *Claim, done []int) error {
 }
 
 // Stats is a cheap snapshot of the buffer.
-type Stats struct {
-	// Pending is the number of pending entries (claimed ones included).
-	Pending int64
-	// Oldest is when the oldest pending entry became pending; zero when none.
-	Oldest time.Time
-}
+type Stats = keepwatch.BufferStats
 
 // Stats reads the pending count and the oldest pending time: two O(1)/O(log n)
 // commands per shard in one pipeline.
