@@ -2,10 +2,155 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/keepwatch/keepwatch/api"
+	"github.com/keepwatch/keepwatch/command"
+	"github.com/keepwatch/keepwatch/internal/auth"
 )
 
-// runCommand is being built; see the issue tracker.
+// commandConfig is every flag of `keepwatch command`.
+type commandConfig struct {
+	httpAddr       string
+	authSecret     string
+	adminToken     string
+	tokenCacheSize int
+	shutdownGrace  time.Duration
+	drainDelay     time.Duration
+	flushOn        bool
+	api            command.Config
+	redis          redisConfig
+	mongo          mongoConfig
+	flush          flushConfig
+}
+
+func (c *commandConfig) register(fs *flag.FlagSet) {
+	d := command.DefaultConfig()
+	c.api = d
+	fs.StringVar(&c.httpAddr, "http-addr", ":8080", "address of the command API")
+	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (rotation: all verify); required")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for /debug/pprof (empty: pprof off)")
+	fs.IntVar(&c.tokenCacheSize, "token-cache-size", 100_000, "verified tokens kept in memory (0: verify every request)")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
+	fs.BoolVar(&c.flushOn, "flush", true, "run the flusher in this process (needs MongoDB)")
+	fs.IntVar(&c.api.BodyLimit, "body-limit", d.BodyLimit, "largest request body in bytes (413 above)")
+	fs.IntVar(&c.api.BatchMaxEvents, "batch-max-events", d.BatchMaxEvents, "most events in one POST /v1/progress/batch")
+	fs.DurationVar(&c.api.MaxEventAge, "max-event-age", d.MaxEventAge, "largest age (sent_at - ts) an event may claim")
+	fs.Float64Var(&c.api.RateLimit, "rate-limit", d.RateLimit, "requests per second per user, sustained (0: no limit)")
+	fs.IntVar(&c.api.RateBurst, "rate-burst", d.RateBurst, "requests a user may send at once above the rate")
+	fs.IntVar(&c.api.RateUsers, "rate-users", d.RateUsers, "users the rate limiter tracks at most (memory bound)")
+	fs.DurationVar(&c.api.Commit.Window, "commit-window", d.Commit.Window, "group commit: wait this long for more requests (0: send when the queue is empty)")
+	fs.IntVar(&c.api.Commit.MaxBatch, "commit-batch", d.Commit.MaxBatch, "group commit: most requests per Redis round trip")
+	fs.IntVar(&c.api.Commit.Workers, "commit-workers", d.Commit.Workers, "group commit: Redis round trips in flight at once")
+	fs.IntVar(&c.api.Commit.Queue, "commit-queue", d.Commit.Queue, "group commit: most requests waiting (503 above)")
+	c.redis.register(fs)
+	c.redis.registerHighWater(fs)
+	c.mongo.register(fs)
+	c.flush.register(fs)
+}
+
+// runCommand serves the command API and, unless --flush=false, the flusher.
 func runCommand(ctx context.Context, env *environment, args []string) error {
-	return errors.New("command: not built yet")
+	fs := newFlagSet(env, "command", "Serve the command API (POST /v1/progress) and, by default, flush the buffer to MongoDB.")
+	var cfg commandConfig
+	cfg.register(fs)
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	g, err := newCommandGroup(ctx, env, &cfg, "keepwatch-command")
+	if err != nil {
+		return err
+	}
+	return g.Run()
+}
+
+// newCommandGroup wires the command service (and the flusher) into a run
+// group that `keepwatch dev` reuses. It listens before returning, so a bad
+// address fails at once.
+func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, appName string) (*run.Group, error) {
+	log := env.logger.With("service", "command")
+	verifier, err := auth.NewVerifier(strings.Split(cfg.authSecret, ","), cfg.tokenCacheSize)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	client, buf, err := cfg.redis.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	apiCfg := cfg.api
+	apiCfg.Commit.Timeout = cfg.redis.timeout
+	apiCfg.HighWater = cfg.redis.highWater
+	apiCfg.AdminToken = cfg.adminToken
+	apiCfg.OpenAPI = api.OpenAPI
+	svc, err := command.New(apiCfg, buf, verifier, reg, reg, log)
+	if err != nil {
+		_ = client.Close()
+		return nil, usageError{err.Error()}
+	}
+
+	var g run.Group
+	if cfg.flushOn {
+		store, err := cfg.mongo.open(ctx, env, appName, true)
+		if err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+		fl, err := startFlusher(ctx, env, &cfg.flush, buf, store, reg)
+		if err != nil {
+			_ = client.Close()
+			_ = store.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		g.Add(func() error {
+			defer store.Close(context.WithoutCancel(ctx))
+			return fl.Run(fctx)
+		}, func(error) { cancel() })
+	}
+
+	ln, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "flush", cfg.flushOn, "shards", buf.Shards(), "high_water", cfg.redis.highWater)
+
+	// HTTP: serve until interrupted; then readiness 503, drain delay, and a
+	// graceful shutdown that answers every in-flight request.
+	g.Add(func() error {
+		return svc.App().Listener(ln)
+	}, func(error) {
+		svc.Drain()
+		time.Sleep(cfg.drainDelay)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+		defer cancel()
+		if err := svc.Shutdown(sctx); err != nil {
+			log.Error("shutdown", "err", err)
+		}
+		_ = client.Close()
+	})
+	// Buffer gauges.
+	sctx, scancel := context.WithCancel(context.Background())
+	g.Add(func() error { return svc.Run(sctx) }, func(error) { scancel() })
+	// Signals: the first SIGTERM/SIGINT stops everything.
+	sigCtx, sigCancel := context.WithCancel(ctx)
+	g.Add(func() error {
+		<-sigCtx.Done()
+		if ctx.Err() != nil {
+			log.Info("stopping", "reason", context.Cause(ctx))
+		}
+		return nil
+	}, func(error) { sigCancel() })
+	return &g, nil
 }

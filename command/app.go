@@ -1,0 +1,397 @@
+// Package command is the write side of keepwatch: the HTTP API players post
+// progress to, and the group commit that stores it in the buffer. It never
+// talks to MongoDB; the flusher (command/flush) does.
+package command
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http/pprof"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/internal/problem"
+)
+
+// Buffer is what the command side needs of the Redis buffer.
+type Buffer interface {
+	Applier
+	// Stats returns the pending count and the oldest pending time.
+	Stats(ctx context.Context) (keepwatch.BufferStats, error)
+	// Ping returns an error wrapping keepwatch.ErrUnavailable when unreachable.
+	Ping(ctx context.Context) error
+}
+
+// Verifier checks a bearer token and returns its user; failures are
+// *keepwatch.Error with code EUNAUTHORIZED.
+type Verifier interface {
+	Verify(token []byte) (userID string, err error)
+}
+
+// Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
+type Config struct {
+	BodyLimit      int
+	BatchMaxEvents int
+	MaxEventAge    time.Duration
+	RateLimit      float64 // events per second per user; 0 disables
+	RateBurst      int
+	RateUsers      int // users the limiter tracks at most
+	Commit         CommitConfig
+	HighWater      int64         // for the metric; the buffer enforces it
+	StatsInterval  time.Duration // how often the buffer gauges are sampled
+	AdminToken     string        // enables /debug/pprof when set
+	OpenAPI        []byte        // served at /openapi.json when set
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
+		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
+		Commit:        CommitConfig{MaxBatch: 256, Workers: 4, Queue: 8192, Timeout: 2 * time.Second},
+		StatsInterval: time.Second,
+	}
+}
+
+// Service is the command API.
+type Service struct {
+	cfg     Config
+	app     *fiber.App
+	buf     Buffer
+	auth    Verifier
+	limiter *rateLimiter
+	commit  *committer
+	parsers fastjson.ParserPool
+	m       *metrics
+	log     *slog.Logger
+	ready   atomic.Bool
+	now     func() time.Time
+}
+
+// New builds the command API on buf and auth, registering its metrics on reg.
+func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gatherer prometheus.Gatherer, log *slog.Logger) (*Service, error) {
+	switch {
+	case buf == nil || auth == nil || reg == nil || log == nil:
+		return nil, errors.New("command: buffer, verifier, registry and logger are required")
+	case cfg.BodyLimit <= 0 || cfg.BatchMaxEvents <= 0:
+		return nil, errors.New("command: body limit and batch size must be positive")
+	case cfg.Commit.MaxBatch <= 0 || cfg.Commit.Workers <= 0 || cfg.Commit.Queue <= 0 || cfg.Commit.Timeout <= 0:
+		return nil, errors.New("command: commit batch, workers, queue and timeout must be positive")
+	}
+	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log, now: time.Now}
+	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
+	s.commit = newCommitter(cfg.Commit, buf, func(n int, d time.Duration) {
+		s.m.commitSize.Observe(float64(n))
+		s.m.commitDur.Observe(d.Seconds())
+	})
+	s.m.highWater.Set(float64(cfg.HighWater))
+	s.app = fiber.New(fiber.Config{
+		BodyLimit:             cfg.BodyLimit,
+		ErrorHandler:          s.errorHandler,
+		DisableStartupMessage: true,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           120 * time.Second,
+	})
+	s.routes(gatherer)
+	s.ready.Store(true)
+	s.m.ready.Set(1)
+	return s, nil
+}
+
+// App is the Fiber app, for serving and for in-process tests.
+func (s *Service) App() *fiber.App { return s.app }
+
+// SetClock replaces the clock, for tests.
+func (s *Service) SetClock(now func() time.Time) { s.now = now }
+
+func (s *Service) routes(gatherer prometheus.Gatherer) {
+	s.app.Post("/v1/progress", s.timed("/v1/progress", s.postProgress))
+	s.app.Post("/v1/progress/batch", s.timed("/v1/progress/batch", s.postBatch))
+	s.app.Delete("/v1/progress/:video_id", s.timed("/v1/progress/{video_id}", s.deleteProgress))
+	s.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok") })
+	s.app.Get("/readyz", s.readyz)
+	if gatherer != nil {
+		s.app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})))
+	}
+	if s.cfg.OpenAPI != nil {
+		s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
+			c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+			return c.Send(s.cfg.OpenAPI)
+		})
+	}
+	if s.cfg.AdminToken != "" {
+		mountPprof(s.app, s.cfg.AdminToken)
+	}
+}
+
+// mountPprof serves the Go profiler behind the admin token, so operators can
+// profile a live instance without exposing it to players.
+func mountPprof(app *fiber.App, token string) {
+	want := []byte("Bearer " + token)
+	g := app.Group("/debug/pprof", func(c *fiber.Ctx) error {
+		if !bytes.Equal(c.Request().Header.Peek(fiber.HeaderAuthorization), want) {
+			return problem.Write(c, keepwatch.Errorf(keepwatch.EUNAUTHORIZED, "the admin token is required"))
+		}
+		return c.Next()
+	})
+	g.Get("/", adaptor.HTTPHandlerFunc(pprof.Index))
+	g.Get("/cmdline", adaptor.HTTPHandlerFunc(pprof.Cmdline))
+	g.Get("/profile", adaptor.HTTPHandlerFunc(pprof.Profile))
+	g.Get("/symbol", adaptor.HTTPHandlerFunc(pprof.Symbol))
+	g.Get("/trace", adaptor.HTTPHandlerFunc(pprof.Trace))
+	g.Get("/:name", func(c *fiber.Ctx) error {
+		return adaptor.HTTPHandler(pprof.Handler(c.Params("name")))(c)
+	})
+}
+
+// timed records the route's latency and turns handler errors into problem
+// details, counting each rejection by reason.
+func (s *Service) timed(route string, h fiber.Handler) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		start := time.Now()
+		if err := h(c); err != nil {
+			s.m.reject(err)
+			_ = problem.Write(c, err)
+		}
+		s.m.observe(route, c.Response().StatusCode(), time.Since(start))
+		return nil
+	}
+}
+
+// errorHandler answers errors raised outside the handlers (body over the
+// limit, unknown routes), counting a too-large body as a rejected event.
+func (s *Service) errorHandler(c *fiber.Ctx, err error) error {
+	var fe *fiber.Error
+	if errors.As(err, &fe) && fe.Code == fiber.StatusRequestEntityTooLarge {
+		s.m.rejected["too_large"].Inc()
+	}
+	return problem.Write(c, err)
+}
+
+func (s *Service) readyz(c *fiber.Ctx) error {
+	if !s.ready.Load() {
+		return problem.Write(c, keepwatch.Errorf(keepwatch.EUNAVAILABLE, "shutting down"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.buf.Ping(ctx); err != nil {
+		return problem.Write(c, &keepwatch.Error{Code: keepwatch.EUNAVAILABLE, Message: "redis is unreachable", Err: err})
+	}
+	return c.SendString("ready")
+}
+
+var (
+	errNoToken = keepwatch.Errorf(keepwatch.EUNAUTHORIZED, "a bearer token is required")
+	errNotJSON = keepwatch.Errorf(keepwatch.EUNSUPPORTED, "the body must be application/json")
+	errTooFast = &keepwatch.Error{Code: keepwatch.ERATELIMITED, RetryAfter: 1, Message: "too many requests for this user; players post every 10 s"}
+)
+
+// user authenticates the request.
+func (s *Service) user(c *fiber.Ctx) (string, error) {
+	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
+		return "", errNoToken
+	}
+	return s.auth.Verify(h[len(prefix):])
+}
+
+func isJSON(c *fiber.Ctx) bool {
+	ct := c.Request().Header.ContentType()
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = bytes.TrimSpace(ct)
+	return bytes.EqualFold(ct, []byte(fiber.MIMEApplicationJSON))
+}
+
+// admit runs the checks every write shares: token, rate, content type.
+func (s *Service) admit(c *fiber.Ctx, needBody bool) (string, error) {
+	user, err := s.user(c)
+	if err != nil {
+		return "", err
+	}
+	if needBody && !isJSON(c) {
+		return "", errNotJSON
+	}
+	if !s.limiter.allow(user, s.now()) {
+		return "", errTooFast
+	}
+	return user, nil
+}
+
+var acceptedOne = []byte(`{"accepted":1}`)
+
+func (s *Service) postProgress(c *fiber.Ctx) error {
+	recv := s.now()
+	user, err := s.admit(c, true)
+	if err != nil {
+		return err
+	}
+	p := s.parsers.Get()
+	ev, err := decodeProgress(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
+	var entry keepwatch.Entry
+	if err == nil {
+		// The video id points into Fiber's reused request memory: copy it.
+		entry = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+	}
+	s.parsers.Put(p)
+	if err != nil {
+		return err
+	}
+	if err := s.commit.submit(keepwatch.Write{UserID: user, Entries: []keepwatch.Entry{entry}}); err != nil {
+		return err
+	}
+	s.m.accepted.Inc()
+	c.Status(fiber.StatusAccepted)
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(acceptedOne)
+}
+
+func (s *Service) postBatch(c *fiber.Ctx) error {
+	recv := s.now()
+	user, err := s.admit(c, true)
+	if err != nil {
+		return err
+	}
+	p := s.parsers.Get()
+	res, err := decodeBatch(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
+	entries := make([]keepwatch.Entry, len(res.events))
+	for i, ev := range res.events {
+		entries[i] = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+	}
+	s.parsers.Put(p)
+	if err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		fields := make([]keepwatch.FieldError, 0, len(res.rejected))
+		for _, r := range res.rejected {
+			for _, fe := range r.Errors {
+				fields = append(fields, keepwatch.FieldError{Field: "events[" + strconv.Itoa(r.Index) + "]." + fe.Field, Detail: fe.Detail})
+			}
+		}
+		return &keepwatch.Error{Code: keepwatch.EINVALID, Message: "no event of the batch is valid", Fields: fields}
+	}
+	if err := s.commit.submit(keepwatch.Write{UserID: user, Entries: entries}); err != nil {
+		return err
+	}
+	s.m.accepted.Add(float64(len(entries)))
+	for range res.rejected {
+		s.m.rejected["invalid"].Inc()
+	}
+	c.Status(fiber.StatusAccepted)
+	rejected := res.rejected
+	if rejected == nil {
+		rejected = []rejection{}
+	}
+	return c.JSON(struct {
+		Accepted int         `json:"accepted"`
+		Rejected []rejection `json:"rejected"`
+	}{len(entries), rejected})
+}
+
+// deleteProgress stores a tombstone. Its event time is the receive time minus
+// the age the device measured when it sends ?ts=&sent_at= (a removal made
+// offline), so it hides older progress and never newer.
+func (s *Service) deleteProgress(c *fiber.Ctx) error {
+	recv := s.now()
+	user, err := s.admit(c, false)
+	if err != nil {
+		return err
+	}
+	video := c.Params("video_id")
+	var errs []keepwatch.FieldError
+	if !keepwatch.ValidVideoID([]byte(video)) {
+		errs = append(errs, keepwatch.FieldError{Field: "video_id", Detail: "must be 1–128 characters of A-Z a-z 0-9 . _ : -"})
+	}
+	ts, sentAt := queryMillis(c, "ts", &errs), queryMillis(c, "sent_at", &errs)
+	if len(errs) > 0 {
+		return &keepwatch.Error{Code: keepwatch.EINVALID, Message: "the removal has invalid fields", Fields: errs}
+	}
+	st := keepwatch.State{
+		EventTime: keepwatch.EventTime(recv, ts, sentAt, s.cfg.MaxEventAge),
+		Kind:      keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown,
+	}
+	w := keepwatch.Write{UserID: user, Entries: []keepwatch.Entry{{VideoID: string([]byte(video)), State: st}}}
+	if err := s.commit.submit(w); err != nil {
+		return err
+	}
+	s.m.accepted.Inc()
+	c.Status(fiber.StatusAccepted)
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Send(acceptedOne)
+}
+
+func queryMillis(c *fiber.Ctx, name string, errs *[]keepwatch.FieldError) int64 {
+	v := c.Query(name)
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > maxMillis {
+		*errs = append(*errs, keepwatch.FieldError{Field: name, Detail: "must be a whole number of milliseconds since the Unix epoch"})
+		return 0
+	}
+	return n
+}
+
+// Run samples the buffer's gauges until ctx is done. Errors are logged at
+// most once per minute: a Redis outage shows in /readyz and in 503 counts.
+func (s *Service) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.StatsInterval)
+	defer t.Stop()
+	var lastLog time.Time
+	for {
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.StatsInterval)
+		st, err := s.buf.Stats(sctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && time.Since(lastLog) > time.Minute:
+			s.log.Warn("sample buffer stats", "err", err)
+			lastLog = time.Now()
+		case err == nil:
+			s.m.pending.Set(float64(st.Pending))
+			age := 0.0
+			if !st.Oldest.IsZero() {
+				age = max(0, time.Since(st.Oldest).Seconds())
+			}
+			s.m.oldestAge.Set(age)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Drain turns readiness off, so load balancers stop sending traffic.
+func (s *Service) Drain() {
+	s.ready.Store(false)
+	s.m.ready.Set(0)
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests (each
+// answered only after its write is acknowledged) up to ctx's deadline, then
+// stops the group commit.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.Drain()
+	err := s.app.ShutdownWithContext(ctx)
+	s.commit.close()
+	if err != nil {
+		return errors.Join(errors.New("shut down command api"), err)
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package command
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+// rateLimiter is a per-user token bucket kept in process memory, so it costs
+// no Redis round trip. With several command instances behind a load balancer
+// each enforces its own bucket; a player far above the limit is still caught
+// because it exceeds it on every instance.
+type rateLimiter struct {
+	rate   float64 // tokens per second
+	burst  float64
+	seed   maphash.Seed
+	per    int
+	shards [64]limiterShard
+}
+
+type limiterShard struct {
+	mu sync.Mutex
+	m  map[string]bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   int64 // unix ns
+}
+
+// newRateLimiter returns nil (no limit) when rate <= 0. maxUsers bounds the
+// memory: a full shard forgets the users whose buckets have refilled.
+func newRateLimiter(rate float64, burst, maxUsers int) *rateLimiter {
+	if rate <= 0 {
+		return nil
+	}
+	l := &rateLimiter{rate: rate, burst: float64(max(1, burst)), seed: maphash.MakeSeed(), per: max(1, maxUsers/64)}
+	for i := range l.shards {
+		l.shards[i].m = make(map[string]bucket)
+	}
+	return l
+}
+
+// allow takes one token from the user's bucket.
+func (l *rateLimiter) allow(user string, now time.Time) bool {
+	if l == nil {
+		return true
+	}
+	s := &l.shards[maphash.String(l.seed, user)%uint64(len(l.shards))]
+	ns := now.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.m[user]
+	if !ok {
+		if len(s.m) >= l.per {
+			l.evict(s, ns)
+		}
+		b = bucket{tokens: l.burst, last: ns}
+	} else {
+		b.tokens = min(l.burst, b.tokens+float64(ns-b.last)/1e9*l.rate)
+		b.last = ns
+	}
+	if b.tokens < 1 {
+		s.m[user] = b
+		return false
+	}
+	b.tokens--
+	s.m[user] = b
+	return true
+}
+
+// evict forgets buckets that have refilled (forgetting them changes nothing);
+// if none has, it forgets some anyway, since memory is the harder bound.
+func (l *rateLimiter) evict(s *limiterShard, ns int64) {
+	refill := int64(l.burst / l.rate * 1e9)
+	n := 0
+	for k, b := range s.m {
+		if ns-b.last >= refill {
+			delete(s.m, k)
+			n++
+		}
+	}
+	if n > 0 {
+		return
+	}
+	for k := range s.m {
+		delete(s.m, k)
+		if n++; n >= max(1, l.per/8) {
+			return
+		}
+	}
+}
