@@ -41,6 +41,9 @@ type Options struct {
 	Timeout time.Duration
 	// AppName shows in MongoDB's logs and currentOp.
 	AppName string
+	// WriteChunk is the most statements WriteProgress sends in one bulk
+	// write; 0 means DefaultWriteChunk.
+	WriteChunk int
 }
 
 // Store is a connection to one keepwatch database.
@@ -48,6 +51,7 @@ type Store struct {
 	client  *mongo.Client
 	db      *mongo.Database
 	timeout time.Duration
+	chunk   int
 }
 
 // Open connects and pings the server.
@@ -58,6 +62,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
 	}
+	if o.WriteChunk <= 0 {
+		o.WriteChunk = DefaultWriteChunk
+	}
 	co := options.Client().ApplyURI(o.URI).SetTimeout(o.Timeout)
 	if o.AppName != "" {
 		co.SetAppName(o.AppName)
@@ -66,7 +73,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to mongodb: %w", err)
 	}
-	s := &Store{client: client, db: client.Database(o.Database), timeout: o.Timeout}
+	s := &Store{client: client, db: client.Database(o.Database), timeout: o.Timeout, chunk: o.WriteChunk}
 	if err := s.Ping(ctx); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, err
