@@ -4,26 +4,218 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
 
+	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keepwatch/keepwatch/command/flush"
 	"github.com/keepwatch/keepwatch/storage/mongo"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
 
-// PLACEHOLDER until the flush engineer replaces this file (issue 3):
-// flushConfig, startFlusher and runFlush are theirs. The lead's command.go
-// calls flushConfig.register(fs) and startFlusher(...).Run(ctx).
-
-type flushConfig struct{}
-
-func (c *flushConfig) register(fs *flag.FlagSet) {}
-
-func startFlusher(ctx context.Context, env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (interface{ Run(context.Context) error }, error) {
-	return nil, errors.New("flusher: not built yet; run with --flush=false")
+// flushConfig holds the --flush-* flags, shared by `keepwatch command`
+// (in-process flusher) and `keepwatch flush`.
+type flushConfig struct {
+	flush.Config
+	chunk int
 }
 
-// runFlush is being built; see the issue tracker.
+// register adds the --flush-* flags.
+func (c *flushConfig) register(fs *flag.FlagSet) {
+	d := flush.DefaultConfig()
+	fs.DurationVar(&c.Interval, "flush-interval", d.Interval,
+		"time between two drains of the buffer to MongoDB (an entry waits about this long)")
+	fs.IntVar(&c.Batch, "flush-batch", d.Batch, "most entries claimed and written at once")
+	fs.IntVar(&c.Parallelism, "flush-parallelism", d.Parallelism, "shards flushed at once")
+	fs.DurationVar(&c.Lease, "flush-lease", d.Lease,
+		"how long a claimed batch is hidden from other flushers (a crashed flusher's batch comes back after it)")
+	fs.IntVar(&c.chunk, "flush-chunk", mongo.DefaultWriteChunk,
+		"statements per MongoDB bulk write (FerretDB hangs on ~100)")
+	fs.IntVar(&c.MaxRetries, "flush-max-retries", d.MaxRetries, "retries of a failing batch within one claim")
+	fs.DurationVar(&c.MaxBackoff, "flush-max-backoff", d.MaxBackoff, "longest wait between two retries")
+	fs.IntVar(&c.DeadLetterAfter, "flush-dead-letter-after", d.DeadLetterAfter,
+		"failed attempts after which a batch goes to dead letters (MongoDB being unreachable never counts)")
+}
+
+// startFlusher builds the flusher of a process; the caller runs it with Run
+// and closes store after Run returns.
+func startFlusher(ctx context.Context, env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (*flush.Flusher, error) {
+	if cfg.chunk < 1 || cfg.Batch < 1 || cfg.Parallelism < 1 || cfg.Interval <= 0 {
+		return nil, usageError{"--flush-chunk, --flush-batch, --flush-parallelism and --flush-interval must be positive"}
+	}
+	fl, err := flush.New(buf, store.WithWriteChunk(cfg.chunk), cfg.Config, env.logger.With("component", "flush"), reg)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	env.logger.Info("flusher configured", "interval", cfg.Interval, "batch", cfg.Batch,
+		"parallelism", cfg.Parallelism, "lease", cfg.Lease, "chunk", cfg.chunk)
+	return fl, nil
+}
+
+// flushCmdConfig is every flag of `keepwatch flush`.
+type flushCmdConfig struct {
+	httpAddr      string
+	shutdownGrace time.Duration
+	redis         redisConfig
+	mongo         mongoConfig
+	flush         flushConfig
+}
+
+func (c *flushCmdConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.httpAddr, "http-addr", ":8082", "address of /healthz, /readyz and /metrics")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time the current batch gets to finish on SIGTERM")
+	c.redis.register(fs)
+	c.mongo.register(fs)
+	c.flush.register(fs)
+}
+
+// runFlush runs the flusher alone, for deployments that scale it apart from
+// the command API: it serves /healthz, /readyz and /metrics and flushes until
+// SIGTERM, then finishes the batches under way.
 func runFlush(ctx context.Context, env *environment, args []string) error {
-	return errors.New("flush: not built yet")
+	fs := newFlagSet(env, "flush", "Flush the Redis buffer to MongoDB (alone; `keepwatch command` also does it by default).")
+	var cfg flushCmdConfig
+	cfg.register(fs)
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	log := env.logger.With("service", "flush")
+	client, buf, err := cfg.redis.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	store, err := cfg.mongo.open(ctx, env, "keepwatch-flush", true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = store.Close(context.WithoutCancel(ctx)) }()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	fl, err := startFlusher(ctx, env, &cfg.flush, buf, store, reg)
+	if err != nil {
+		return err
+	}
+	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", Help: "1 when the service is ready to work."})
+	gauges := newBufferGauges(reg)
+
+	var stopping atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		err := errors.Join(buf.Ping(rctx), store.Ping(rctx))
+		if stopping.Load() {
+			err = errors.New("stopping")
+		}
+		if err != nil {
+			ready.Set(0)
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		ready.Set(1)
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	ln, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ready.Set(1)
+	log.Info("listening", "addr", ln.Addr().String(), "shards", buf.Shards())
+
+	var g run.Group
+	// Flusher: on interrupt it finishes the batches under way.
+	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
+	flushDone := make(chan struct{})
+	g.Add(func() error {
+		defer close(flushDone)
+		return fl.Run(fctx)
+	}, func(error) {
+		stopping.Store(true)
+		ready.Set(0)
+		fcancel()
+	})
+	// HTTP: stays up until the flusher has stopped, so /readyz says 503
+	// and /metrics shows the last batch.
+	g.Add(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, func(error) {
+		select {
+		case <-flushDone:
+		case <-time.After(cfg.shutdownGrace):
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	// Buffer gauges: pending entries and the age of the oldest (flush lag).
+	gctx, gcancel := context.WithCancel(context.Background())
+	g.Add(func() error { gauges.run(gctx, buf, min(cfg.flush.Interval, 5*time.Second)); return nil }, func(error) { gcancel() })
+	// Signals.
+	sigCtx, sigCancel := context.WithCancel(ctx)
+	g.Add(func() error {
+		<-sigCtx.Done()
+		if ctx.Err() != nil {
+			log.Info("stopping", "reason", context.Cause(ctx))
+		}
+		return nil
+	}, func(error) { sigCancel() })
+	return g.Run()
+}
+
+// bufferGauges report the buffer's backlog from the flusher's side, for a
+// `keepwatch flush` that runs without the command API.
+type bufferGauges struct {
+	pending prometheus.Gauge
+	age     prometheus.Gauge
+}
+
+func newBufferGauges(reg prometheus.Registerer) *bufferGauges {
+	f := promauto.With(reg)
+	return &bufferGauges{
+		pending: f.NewGauge(prometheus.GaugeOpts{
+			Name: "keepwatch_buffer_pending_entries", Help: "Entries in the Redis buffer not yet written to MongoDB.",
+		}),
+		age: f.NewGauge(prometheus.GaugeOpts{
+			Name: "keepwatch_buffer_oldest_pending_age_seconds", Help: "Age of the oldest pending entry (flush lag).",
+		}),
+	}
+}
+
+func (g *bufferGauges) run(ctx context.Context, buf *redisbuf.Buffer, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		sctx, cancel := context.WithTimeout(ctx, every)
+		st, err := buf.Stats(sctx)
+		cancel()
+		if err == nil {
+			g.pending.Set(float64(st.Pending))
+			if st.Oldest.IsZero() {
+				g.age.Set(0)
+			} else {
+				g.age.Set(time.Since(st.Oldest).Seconds())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

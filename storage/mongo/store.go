@@ -136,3 +136,15 @@ func (d stateDoc) state() keepwatch.State {
 func (d progressDoc) progress() keepwatch.Progress {
 	return keepwatch.Progress{UserID: d.U, VideoID: d.V, State: d.S.state()}
 }
+
+// WithWriteChunk returns a store sharing s's connection whose WriteProgress
+// sends at most n statements per bulk write (n < 1: DefaultWriteChunk).
+// Closing either closes the connection of both.
+func (s *Store) WithWriteChunk(n int) *Store {
+	if n < 1 {
+		n = DefaultWriteChunk
+	}
+	c := *s
+	c.chunk = n
+	return &c
+}
