@@ -52,6 +52,7 @@ type committer struct {
 
 type pendingWrite struct {
 	w    keepwatch.Write
+	one  [1]keepwatch.Entry // backs w.Entries for single-event requests: no allocation
 	done chan error
 }
 
@@ -72,13 +73,27 @@ func newCommitter(cfg CommitConfig, buf Applier, observe func(int, time.Duration
 	return c
 }
 
+// submitOne stores one event of a user.
+func (c *committer) submitOne(user string, e keepwatch.Entry) error {
+	pw := c.pool.Get().(*pendingWrite)
+	pw.one[0] = e
+	pw.w = keepwatch.Write{UserID: user, Entries: pw.one[:]}
+	return c.enqueue(pw)
+}
+
 // submit queues w and waits until it is stored or refused.
 func (c *committer) submit(w keepwatch.Write) error {
-	if c.closed.Load() {
-		return errClosed
-	}
 	pw := c.pool.Get().(*pendingWrite)
 	pw.w = w
+	return c.enqueue(pw)
+}
+
+func (c *committer) enqueue(pw *pendingWrite) error {
+	if c.closed.Load() {
+		pw.w = keepwatch.Write{}
+		c.pool.Put(pw)
+		return errClosed
+	}
 	select {
 	case c.in <- pw:
 	default:

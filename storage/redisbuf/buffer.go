@@ -21,9 +21,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -53,6 +53,9 @@ type Buffer struct {
 	highWater  int64
 	now        func() time.Time
 	tags       []string // "kw:{kwNN}:" per shard
+	queueKeys  []string
+	ageKeys    []string
+	scratch    sync.Pool // *applyScratch
 }
 
 // DefaultShards is the shard count when Options.Shards is 0.
@@ -77,8 +80,12 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 		b.shardLimit = max(1, (o.HighWater+int64(o.Shards)-1)/int64(o.Shards))
 	}
 	for i := range o.Shards {
-		b.tags = append(b.tags, fmt.Sprintf("kw:{kw%02d}:", i))
+		tag := fmt.Sprintf("kw:{kw%02d}:", i)
+		b.tags = append(b.tags, tag)
+		b.queueKeys = append(b.queueKeys, tag+"q")
+		b.ageKeys = append(b.ageKeys, tag+"a")
 	}
+	b.scratch.New = func() any { return &applyScratch{calls: make([]shardCall, o.Shards)} }
 	return b, nil
 }
 
@@ -90,14 +97,18 @@ func (b *Buffer) HighWater() int64 { return b.highWater }
 
 // ShardOf returns the shard of a user.
 func (b *Buffer) ShardOf(userID string) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(userID))
-	return int(h.Sum32() % uint32(b.shards))
+	// FNV-1a, inline: hash/fnv would allocate for the []byte conversion.
+	h := uint32(2166136261)
+	for i := 0; i < len(userID); i++ {
+		h ^= uint32(userID[i])
+		h *= 16777619
+	}
+	return int(h % uint32(b.shards))
 }
 
 func (b *Buffer) userKey(shard int, userID string) string { return b.tags[shard] + "u:" + userID }
-func (b *Buffer) queueKey(shard int) string               { return b.tags[shard] + "q" }
-func (b *Buffer) ageKey(shard int) string                 { return b.tags[shard] + "a" }
+func (b *Buffer) queueKey(shard int) string               { return b.queueKeys[shard] }
+func (b *Buffer) ageKey(shard int) string                 { return b.ageKeys[shard] }
 
 // Write is one request's events for one user. It is applied all-or-nothing.
 type Write = keepwatch.Write
@@ -115,63 +126,90 @@ type Entry = keepwatch.Entry
 // applying a state twice keeps the same newest state.
 func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, err error) {
 	perWrite = make([]error, len(writes))
-	type shardCall struct {
-		keys   []string
-		args   []any
-		writes []int
-	}
-	calls := make(map[int]*shardCall, min(len(writes), b.shards))
+	sc := b.scratch.Get().(*applyScratch)
+	defer b.scratch.Put(sc)
+	sc.reset()
 	now := strconv.FormatInt(b.now().UnixMilli(), 10)
 	for i, w := range writes {
 		if len(w.Entries) == 0 {
 			continue
 		}
 		s := b.ShardOf(w.UserID)
-		sc := calls[s]
-		if sc == nil {
-			sc = &shardCall{keys: []string{b.queueKey(s), b.ageKey(s)}, args: []any{now, b.shardLimit}}
-			calls[s] = sc
+		call := &sc.calls[s]
+		if len(call.writes) == 0 {
+			sc.touched = append(sc.touched, s)
+			call.keys = append(call.keys[:0], b.queueKey(s), b.ageKey(s))
 		}
-		sc.keys = append(sc.keys, b.userKey(s, w.UserID))
-		sc.args = append(sc.args, w.UserID, len(w.Entries))
+		call.keys = append(call.keys, b.userKey(s, w.UserID))
+		call.packed = append(call.packed, w.UserID...)
+		call.packed = append(call.packed, '\n')
+		call.packed = strconv.AppendInt(call.packed, int64(len(w.Entries)), 10)
+		call.packed = append(call.packed, '\n')
 		for _, e := range w.Entries {
-			sc.args = append(sc.args, e.VideoID, e.State.Encode())
+			call.packed = append(call.packed, e.VideoID...)
+			call.packed = append(call.packed, '\n')
+			call.packed = e.State.AppendEncode(call.packed)
+			call.packed = append(call.packed, '\n')
 		}
-		sc.writes = append(sc.writes, i)
+		call.writes = append(call.writes, i)
 	}
-	if len(calls) == 0 {
+	if len(sc.touched) == 0 {
 		return perWrite, nil
 	}
 	pipe := b.c.Pipeline()
-	cmds := make(map[int]*redis.Cmd, len(calls))
-	for s, sc := range calls {
-		cmds[s] = applyScript.EvalSha(ctx, pipe, sc.keys, sc.args...)
+	for _, s := range sc.touched {
+		call := &sc.calls[s]
+		call.args = []any{now, b.shardLimit, string(call.packed)}
+		call.cmd = applyScript.EvalSha(ctx, pipe, call.keys, call.args...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
 		return perWrite, unavailable("apply writes", err)
 	}
-	for s, cmd := range cmds {
+	for _, s := range sc.touched {
+		call := &sc.calls[s]
+		cmd := call.cmd
 		if isNoScript(cmd.Err()) {
-			// First use on this server (or after SCRIPT FLUSH/failover): EVAL
-			// loads the script; later calls hit the cache.
-			sc := calls[s]
-			cmd = applyScript.Eval(ctx, b.c, sc.keys, sc.args...)
+			// First use on this server (or after SCRIPT FLUSH or a
+			// failover): EVAL loads the script; later calls hit the cache.
+			cmd = applyScript.Eval(ctx, b.c, call.keys, call.args...)
 		}
 		res, err := cmd.Int64Slice()
 		if err != nil {
 			return perWrite, unavailable("apply writes", err)
 		}
-		sc := calls[s]
-		if len(res) != len(sc.writes) {
-			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(sc.writes))
+		if len(res) != len(call.writes) {
+			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(call.writes))
 		}
 		for j, r := range res {
 			if r < 0 {
-				perWrite[sc.writes[j]] = keepwatch.ErrBufferFull
+				perWrite[call.writes[j]] = keepwatch.ErrBufferFull
 			}
 		}
 	}
 	return perWrite, nil
+}
+
+// applyScratch is the per-call working memory of Apply, pooled because Apply
+// runs once per group commit and its buffers reach a steady size.
+type applyScratch struct {
+	calls   []shardCall // indexed by shard
+	touched []int
+}
+
+type shardCall struct {
+	keys   []string
+	packed []byte
+	writes []int
+	args   []any
+	cmd    *redis.Cmd
+}
+
+func (sc *applyScratch) reset() {
+	for _, s := range sc.touched {
+		c := &sc.calls[s]
+		c.keys, c.packed, c.writes, c.args, c.cmd = c.keys[:0], c.packed[:0], c.writes[:0], nil, nil
+	}
+	sc.touched = sc.touched[:0]
 }
 
 // Claim is a leased batch of one shard's pending entries.
