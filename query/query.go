@@ -100,18 +100,26 @@ func (r *reader) keepWatching(ctx context.Context, userID string, limit int) (re
 	if err != nil {
 		return result{}, r.storeError(err)
 	}
-	items, hit := overlay(stored, pending)
+	items, hit := keepWatchingRow(stored, pending, r.threshold, limit)
 	if hit {
 		r.metrics.overlayHits.Inc()
 	}
+	return result{items: items, overlayFailed: !ok}, nil
+}
+
+// keepWatchingRow merges pending entries into stored states and keeps the
+// unfinished ones, newest first, at most limit. hit reports whether a pending
+// entry won over MongoDB.
+func keepWatchingRow(stored, pending []keepwatch.Progress, threshold float64, limit int) (items []keepwatch.Progress, hit bool) {
+	items, hit = overlay(stored, pending)
 	items = slices.DeleteFunc(items, func(p keepwatch.Progress) bool {
-		return p.Deleted() || p.Percent >= r.threshold
+		return p.Deleted() || p.Percent >= threshold
 	})
 	slices.SortFunc(items, newestFirst)
 	if len(items) > limit {
 		items = items[:limit]
 	}
-	return result{items: items, overlayFailed: !ok}, nil
+	return items, hit
 }
 
 // progress returns the user's progress of videoIDs (distinct, valid), in

@@ -3,9 +3,233 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/api"
+	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/query"
+	"github.com/keepwatch/keepwatch/storage/mongo"
+	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
 
-// runQuery is being built; see the issue tracker.
+// queryConfig is every flag of `keepwatch query`.
+type queryConfig struct {
+	httpAddr       string
+	authSecret     string
+	adminToken     string
+	tokenCacheSize int
+	shutdownGrace  time.Duration
+	drainDelay     time.Duration
+	threshold      float64
+	readPreference string
+	maxStaleness   time.Duration
+	corsOrigins    string
+	overlay        bool
+	overlayTimeout time.Duration
+	redis          redisConfig
+	mongo          mongoConfig
+}
+
+func (c *queryConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.httpAddr, "http-addr", ":8081", "address of the query API")
+	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (rotation: all verify); required")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for /debug/pprof (empty: pprof off)")
+	fs.IntVar(&c.tokenCacheSize, "token-cache-size", 100_000, "verified tokens kept in memory (0: verify every request)")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
+	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
+	fs.Float64Var(&c.threshold, "finished-threshold", 95, "percent at or above which a video is finished and leaves keep-watching")
+	fs.StringVar(&c.readPreference, "read-preference", "primary",
+		"MongoDB members that serve reads: primary, primaryPreferred, secondary, secondaryPreferred or nearest")
+	fs.DurationVar(&c.maxStaleness, "max-staleness", 0,
+		"most replication lag of a secondary that serves reads (0: unset; MongoDB wants at least 90s; not with primary)")
+	fs.StringVar(&c.corsOrigins, "cors-origins", "",
+		"browser origins allowed to call the API, comma-separated (https://app.example.com); empty: CORS off")
+	fs.BoolVar(&c.overlay, "overlay", true,
+		"merge the user's entries still pending in Redis into answers (read-your-writes); false: MongoDB only")
+	fs.DurationVar(&c.overlayTimeout, "overlay-timeout", 250*time.Millisecond,
+		"longest wait for Redis per answer; past it the answer is MongoDB's alone")
+	c.redis.register(fs)
+	c.mongo.register(fs)
+}
+
+// runQuery serves the query API until SIGTERM/SIGINT.
 func runQuery(ctx context.Context, env *environment, args []string) error {
-	return errors.New("query: not built yet")
+	fs := newFlagSet(env, "query", "Serve the query API (keep-watching and progress for frontends) from MongoDB and the Redis buffer.")
+	var cfg queryConfig
+	cfg.register(fs)
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	g, err := newQueryGroup(ctx, env, &cfg, "keepwatch-query")
+	if err != nil {
+		return err
+	}
+	return g.Run()
+}
+
+// newQueryGroup wires the query service into a run group that `keepwatch dev`
+// reuses (set cfg's fields, or register them on a flag set). It connects to
+// MongoDB (which must be migrated, or --migrate) and listens before
+// returning, so a bad address or database fails at once; Redis may be down:
+// answers then come from MongoDB alone until it is back. The group returns
+// when ctx ends: readiness turns 503 first, then in-flight requests finish.
+func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appName string) (*run.Group, error) {
+	log := env.logger.With("service", "query")
+	verifier, err := auth.NewVerifier(strings.Split(cfg.authSecret, ","), cfg.tokenCacheSize)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	readOpts := mongo.ReadOptions{ReadPreference: cfg.readPreference, MaxStaleness: cfg.maxStaleness}
+	if _, err := readOpts.ReadPref(); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	var origins []string
+	for o := range strings.SplitSeq(cfg.corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+
+	store, err := cfg.mongo.open(ctx, env, appName, true)
+	if err != nil {
+		return nil, err
+	}
+	reader, err := store.Reader(readOpts)
+	if err != nil {
+		_ = store.Close(context.WithoutCancel(ctx))
+		return nil, usageError{err.Error()}
+	}
+	var g run.Group
+	pending := &lazyPending{}
+	if cfg.overlay {
+		if err := pending.connect(ctx, &cfg.redis); err != nil {
+			if errors.As(err, new(usageError)) {
+				_ = store.Close(context.WithoutCancel(ctx))
+				return nil, err
+			}
+			// Redis is optional for reads: serve from MongoDB and keep trying.
+			log.Warn("redis unreachable: answering from mongodb alone until it answers", "err", err)
+			rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			g.Add(func() error { pending.reconnect(rctx, &cfg.redis, log.Info); return nil }, func(error) { cancel() })
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	svc, err := query.New(query.Config{
+		FinishedThreshold: cfg.threshold,
+		Overlay:           cfg.overlay,
+		OverlayTimeout:    cfg.overlayTimeout,
+		CORSOrigins:       origins,
+		AdminToken:        cfg.adminToken,
+		OpenAPI:           api.OpenAPI,
+		Registerer:        reg,
+		Gatherer:          reg,
+		Logger:            log,
+	}, query.Deps{Store: reader, Pending: pending, Verifier: verifier, Ready: store.Ping})
+	if err != nil {
+		pending.close()
+		_ = store.Close(context.WithoutCancel(ctx))
+		return nil, usageError{err.Error()}
+	}
+
+	ln, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		pending.close()
+		_ = store.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "overlay", cfg.overlay,
+		"read_preference", cfg.readPreference, "finished_threshold", cfg.threshold)
+
+	// HTTP: serve until interrupted; then readiness 503, drain delay, and a
+	// graceful shutdown that answers every in-flight request.
+	g.Add(func() error {
+		return svc.App().Listener(ln)
+	}, func(error) {
+		svc.Drain()
+		time.Sleep(cfg.drainDelay)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+		defer cancel()
+		if err := svc.Shutdown(sctx); err != nil {
+			log.Error("shutdown", "err", err)
+		}
+		pending.close()
+		_ = store.Close(context.Background())
+	})
+	// Signals: the first SIGTERM/SIGINT stops everything.
+	sigCtx, sigCancel := context.WithCancel(ctx)
+	g.Add(func() error {
+		<-sigCtx.Done()
+		if ctx.Err() != nil {
+			log.Info("stopping", "reason", context.Cause(ctx))
+		}
+		return nil
+	}, func(error) { sigCancel() })
+	return &g, nil
+}
+
+// lazyPending is the Redis buffer once it could be reached: until then every
+// read fails as unavailable and the query service answers from MongoDB.
+type lazyPending struct {
+	buf    atomic.Pointer[redisbuf.Buffer]
+	client atomic.Pointer[redis.UniversalClient]
+}
+
+// errNoRedis is what reads get before Redis was first reached.
+var errNoRedis = fmt.Errorf("read pending entries: %w: redis not connected yet", keepwatch.ErrUnavailable)
+
+// Pending implements query.Pending.
+func (p *lazyPending) Pending(ctx context.Context, userID string) ([]keepwatch.Progress, error) {
+	b := p.buf.Load()
+	if b == nil {
+		return nil, errNoRedis
+	}
+	return b.Pending(ctx, userID)
+}
+
+func (p *lazyPending) connect(ctx context.Context, cfg *redisConfig) error {
+	client, buf, err := cfg.open(ctx)
+	if err != nil {
+		return err
+	}
+	p.client.Store(&client)
+	p.buf.Store(buf)
+	return nil
+}
+
+// reconnect retries connect every few seconds until it succeeds, then waits
+// for ctx to end: a run group actor that returns stops the group.
+func (p *lazyPending) reconnect(ctx context.Context, cfg *redisConfig, logf func(string, ...any)) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if p.connect(ctx, cfg) == nil {
+				logf("redis reachable: overlay on")
+				<-ctx.Done()
+				return
+			}
+		}
+	}
+}
+
+func (p *lazyPending) close() {
+	if c := p.client.Load(); c != nil {
+		_ = (*c).Close()
+	}
 }
