@@ -1,0 +1,13 @@
+package devenv
+
+import (
+	"os/exec"
+	"syscall"
+)
+
+// setParentDeathSignal makes the kernel send the child SIGTERM when keepwatch
+// dies without stopping it (kill -9), so no redis-server is left holding the
+// data directory.
+func setParentDeathSignal(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+}
