@@ -14,6 +14,9 @@ const (
 	histDigits = 3
 )
 
+// Hist is a latency histogram in microseconds.
+type Hist = hdrhistogram.Histogram
+
 // NewHist returns an empty latency histogram in microseconds.
 func NewHist() *hdrhistogram.Histogram {
 	return hdrhistogram.New(histMin, histMax, histDigits)

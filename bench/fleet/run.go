@@ -268,6 +268,7 @@ func Run(ctx context.Context, f *Fleet, cfg Config) (*RunReport, error) {
 	var unsent, idle int64
 	var kinds [numKinds]int64
 	n := int64(0)
+	measured := cfg.Warmup <= 0
 dispatch:
 	for n < slots {
 		now := time.Now()
@@ -290,6 +291,10 @@ dispatch:
 				continue
 			}
 			warm := at.Before(measureFrom)
+			if !warm && !measured {
+				measured = true
+				smp.measuring()
+			}
 			j := job{due: at, act: act, skewMS: f.players[pl].skewMS, warm: warm,
 				probe: !warm && act.Kind == KindPost && sampleEvery > 0 && n%sampleEvery == 0}
 			select {
@@ -500,6 +505,20 @@ func (s *sampler) begin(ctx context.Context) error {
 	return nil
 }
 
+// measuring resets the CPU baseline when the warm-up ends, so CPU per
+// request counts the measured requests' CPU only.
+func (s *sampler) measuring() {
+	u0 := map[string]proc.Usage{}
+	for name, pid := range s.target.Procs {
+		if u, err := proc.ReadUsage(pid); err == nil {
+			u0[name] = u
+		}
+	}
+	s.mu.Lock()
+	s.usage0 = u0
+	s.mu.Unlock()
+}
+
 func (s *sampler) sample(ctx context.Context, t time.Duration) {
 	p := SamplePoint{T: t.Seconds()}
 	if len(s.target.MetricsURLs) > 0 {
@@ -517,9 +536,12 @@ func (s *sampler) sample(ctx context.Context, t time.Duration) {
 			p.RedisUsedMemory = mem
 		}
 	}
+	s.mu.Lock()
+	u0 := s.usage0
+	s.mu.Unlock()
 	for name, pid := range s.target.Procs {
 		if u, err := proc.ReadUsage(pid); err == nil {
-			p.Procs = append(p.Procs, ProcPoint{Name: name, CPUSeconds: (u.CPU - s.usage0[name].CPU).Seconds(), RSS: u.RSS})
+			p.Procs = append(p.Procs, ProcPoint{Name: name, CPUSeconds: (u.CPU - u0[name].CPU).Seconds(), RSS: u.RSS})
 		}
 	}
 	s.mu.Lock()

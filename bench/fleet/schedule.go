@@ -47,7 +47,16 @@ func (s Schedule) DueBy(d time.Duration) int64 {
 	if d < 0 {
 		return 0
 	}
-	return int64(math.Floor(d.Seconds()*s.Rate)) + 1
+	// Float rounding can put the estimate one off either way: settle it
+	// against Due itself, so DueBy(Due(n)) always counts slot n.
+	k := int64(math.Floor(d.Seconds() * s.Rate))
+	for s.Due(k+1) <= d {
+		k++
+	}
+	for k >= 0 && s.Due(k) > d {
+		k--
+	}
+	return k + 1
 }
 
 // Slots is the number of slots in a run of length d.

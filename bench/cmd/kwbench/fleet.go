@@ -276,4 +276,3 @@ func writeFile(path string, write func(io.Writer) error) error {
 	}
 	return nil
 }
-

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepwatch/keepwatch/bench/fleet"
+	"github.com/keepwatch/keepwatch/bench/target"
+)
+
+// TestMain lets the test binary serve the baselines: the targets start
+// "<self> serve --kind …", and in a test the self is this binary.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		ctx, stop := signalContext()
+		defer stop()
+		os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func buildKeepwatch(t *testing.T) string {
+	t.Helper()
+	mod, err := moduleDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	kw, err := target.BuildKeepwatch(ctx, mod, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kw
+}
+
+// TestFleetEndToEnd runs a few seconds of a light fleet against keepwatch
+// and the baselines and checks that every figure is present and sane.
+func TestFleetEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end run (builds keepwatch, starts servers)")
+	}
+	kw := buildKeepwatch(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := runFleet(ctx, []string{"--keepwatch", kw, "--dir", dir, "--quiet",
+		"--rate", "100", "--period", "5s", "--duration", "3s", "--warmup", "1s", "--workers", "32", "--freshness", "10",
+		"--compare", "bare,naive-redis", "--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
+	t.Log(out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "fleet.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep fleet.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	html, err := os.ReadFile(filepath.Join(dir, "fleet.html"))
+	if err != nil || !strings.Contains(string(html), "<svg") {
+		t.Fatalf("html report missing or without plots: %v", err)
+	}
+	if len(rep.Runs) != 3 || len(rep.Comparisons) != 3 {
+		t.Fatalf("%d runs, %d comparisons; want keepwatch, bare, naive-redis", len(rep.Runs), len(rep.Comparisons))
+	}
+	for _, r := range rep.Runs {
+		t.Run(r.Target, func(t *testing.T) {
+			if r.AchievedRate <= 0 || r.OK <= 0 {
+				t.Errorf("achieved rate %v, ok %d", r.AchievedRate, r.OK)
+			}
+			if r.ErrorsTotal != 0 {
+				t.Errorf("errors at a light rate: %v", r.Errors)
+			}
+			l := r.Latency
+			if !(0 < l.P50MS && l.P50MS <= l.P90MS && l.P90MS <= l.P99MS && l.P99MS <= l.P999MS && l.P999MS <= l.MaxMS) {
+				t.Errorf("percentiles out of order: %+v", l)
+			}
+			if len(r.Curve) == 0 || len(r.Series) == 0 {
+				t.Error("no latency curve or time series")
+			}
+			if len(r.Processes) == 0 {
+				t.Error("no process figures")
+			}
+			for _, p := range r.Processes {
+				if p.RSSMaxBytes <= 0 || p.CPUCores < 0 || p.CPUPerRequestUS < 0 {
+					t.Errorf("process %+v", p)
+				}
+			}
+			if r.Target != "keepwatch" {
+				return
+			}
+			if r.EventsAccepted == nil || *r.EventsAccepted <= 0 {
+				t.Errorf("accepted events from /metrics: %v", r.EventsAccepted)
+			}
+			if r.FlushLagMaxS == nil || *r.FlushLagMaxS < 0 {
+				t.Errorf("flush lag %v", r.FlushLagMaxS)
+			}
+			if r.BytesPerPendingEntry == nil || *r.BytesPerPendingEntry <= 0 || *r.BytesPerPendingEntry > 100_000 {
+				t.Errorf("redis bytes per pending entry %v", r.BytesPerPendingEntry)
+			}
+			// With a query side (keepwatch dev), freshness and flush figures
+			// must be there too.
+			if r.Slots["read"] > 0 && r.ByKind["read"].Count > 0 {
+				if r.Freshness == nil || r.Freshness.Count == 0 || r.FreshnessTimeouts != 0 {
+					t.Errorf("freshness %+v, %d not seen", r.Freshness, r.FreshnessTimeouts)
+				}
+			}
+			if r.WritesPerEvent != nil && (*r.WritesPerEvent < 0 || *r.WritesPerEvent > 1) {
+				t.Errorf("writes to MongoDB per event %v, want within [0, 1]", *r.WritesPerEvent)
+			}
+		})
+	}
+}
+
+// TestCompareEndToEnd runs the wrk comparison briefly; it needs wrk.
+func TestCompareEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end run")
+	}
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Skip("wrk is not installed (apt-get install wrk)")
+	}
+	kw := buildKeepwatch(t)
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "compare.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	err := runCompare(ctx, []string{"--keepwatch", kw, "--dir", dir, "--duration", "1s", "--warmup", "0s",
+		"--connections", "8", "--users", "50", "--json", jsonPath,
+		"--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
+	t.Log(out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Results []compareResult `json:"results"`
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Results) != 3 {
+		t.Fatalf("%d results, want bare, keepwatch, naive-redis", len(got.Results))
+	}
+	for _, r := range got.Results {
+		if r.Result.RPS <= 0 || r.Result.Errors() != 0 || r.Ratio <= 0 || r.Result.P50 > r.Result.P99 {
+			t.Errorf("%s: %+v ratio %v", r.Target, r.Result, r.Ratio)
+		}
+	}
+}
