@@ -75,7 +75,6 @@ func (s State) Deleted() bool { return s.Kind == KindDeleted }
 // Limits of the encoded fields. Values outside them are rejected by validation,
 // so that every stored state has a fixed-width encoding.
 const (
-	maxEventTime = 9_999_999_999_999 // 13 digits: year 2286
 	// MaxSeconds bounds position and duration (about 3 years of video).
 	MaxSeconds = 99_999_999.999
 )

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http/pprof"
 	"strconv"
@@ -79,15 +80,40 @@ type Service struct {
 	clock func() time.Time
 }
 
+// Validate checks the bounds, naming the flag to fix.
+func (cfg Config) Validate() error {
+	switch {
+	case cfg.BodyLimit <= 0:
+		return errors.New("--body-limit must be positive")
+	case cfg.BatchMaxEvents <= 0:
+		return errors.New("--batch-max-events must be positive")
+	case cfg.MaxEventAge < 0:
+		return errors.New("--max-event-age must not be negative")
+	case cfg.RateLimit < 0 || (cfg.RateLimit > 0 && cfg.RateBurst < 1):
+		return errors.New("--rate-limit must not be negative, and --rate-burst must be at least 1 when it is set")
+	case cfg.Commit.MaxBatch <= 0:
+		return errors.New("--commit-batch must be positive")
+	case cfg.Commit.Workers <= 0:
+		return errors.New("--commit-workers must be positive")
+	case cfg.Commit.Queue <= 0:
+		return errors.New("--commit-queue must be positive")
+	case cfg.Commit.Window < 0:
+		return errors.New("--commit-window must not be negative")
+	case cfg.Commit.Timeout <= 0:
+		return errors.New("--redis-timeout must be positive")
+	case cfg.StatsInterval <= 0:
+		return errors.New("the stats interval must be positive")
+	}
+	return nil
+}
+
 // New builds the command API on buf and auth, registering its metrics on reg.
 func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gatherer prometheus.Gatherer, log *slog.Logger) (*Service, error) {
-	switch {
-	case buf == nil || auth == nil || reg == nil || log == nil:
+	if buf == nil || auth == nil || reg == nil || log == nil {
 		return nil, errors.New("command: buffer, verifier, registry and logger are required")
-	case cfg.BodyLimit <= 0 || cfg.BatchMaxEvents <= 0:
-		return nil, errors.New("command: body limit and batch size must be positive")
-	case cfg.Commit.MaxBatch <= 0 || cfg.Commit.Workers <= 0 || cfg.Commit.Queue <= 0 || cfg.Commit.Timeout <= 0:
-		return nil, errors.New("command: commit batch, workers, queue and timeout must be positive")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("command: %w", err)
 	}
 	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)

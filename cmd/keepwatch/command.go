@@ -82,17 +82,20 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}
+	apiCfg := cfg.api
+	apiCfg.Commit.Timeout = cfg.redis.timeout
+	apiCfg.HighWater = cfg.redis.highWater
+	apiCfg.AdminToken = cfg.adminToken
+	apiCfg.OpenAPI = api.OpenAPI
+	if err := apiCfg.Validate(); err != nil {
+		return nil, usageError{err.Error()}
+	}
 	client, buf, err := cfg.redis.open(ctx)
 	if err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	apiCfg := cfg.api
-	apiCfg.Commit.Timeout = cfg.redis.timeout
-	apiCfg.HighWater = cfg.redis.highWater
-	apiCfg.AdminToken = cfg.adminToken
-	apiCfg.OpenAPI = api.OpenAPI
 	svc, err := command.New(apiCfg, buf, verifier, reg, reg, log)
 	if err != nil {
 		_ = client.Close()

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // subcommand is one component of the binary. run gets its arguments after the
@@ -47,6 +49,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	env := &environment{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	env.logger = newLogger(env.stderr, env.getenv("KEEPWATCH_LOG_LEVEL"), env.getenv("KEEPWATCH_LOG_FORMAT"))
+	// go-redis logs dial retries through its own process-wide logger; route
+	// them to ours at debug level, since outages already show in /readyz,
+	// 503 counts and our own rate-limited warnings.
+	redis.SetLogger(redisLogger{env.logger})
 	os.Exit(Main(ctx, env, os.Args[1:]))
 }
 
@@ -96,6 +103,12 @@ func usage(w io.Writer, cmds map[string]subcommand) {
 	}
 	fmt.Fprintln(w, "\nEvery flag can also be set as KEEPWATCH_<NAME> (--redis-url is KEEPWATCH_REDIS_URL).")
 	fmt.Fprintln(w, "Run 'keepwatch <subcommand> --help' for its flags and defaults.")
+}
+
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	r.l.Debug("redis client", "msg", fmt.Sprintf(format, v...))
 }
 
 // usageError marks a bad invocation (exit code 2).

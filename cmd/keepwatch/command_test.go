@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/testenv"
+)
+
+// syncBuffer is a bytes.Buffer safe to write from Main's goroutines while the
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startMain runs Main in the background; the returned channel yields its exit code.
+func startMain(t *testing.T, ctx context.Context, args ...string) (<-chan int, *syncBuffer) {
+	t.Helper()
+	out := &syncBuffer{}
+	env := &environment{stdout: out, stderr: out, getenv: func(string) string { return "" },
+		logger: slog.New(slog.NewTextHandler(out, nil))}
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, env, args) }()
+	return done, out
+}
+
+// waitStatus polls url until it answers want, failing after a generous bound
+// (the bound only stops a hung test; nothing is asserted about speed).
+func waitStatus(t *testing.T, url string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never answered %d (last: %v)", url, want, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func postProgress(t *testing.T, base, token, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/progress", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// TestCommandServesThenDrains runs `keepwatch command` through Main: it
+// becomes ready, stores a POST (counted in /metrics), and on cancellation
+// (SIGTERM) turns /readyz to 503 before it stops listening, then exits 0.
+func TestCommandServesThenDrains(t *testing.T) {
+	r := testenv.StartRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	base := "http://" + addr
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, out := startMain(t, ctx, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(),
+		"--auth-secret", "s1,s2", "--drain-delay", "300ms")
+	waitStatus(t, base+"/readyz", http.StatusOK)
+
+	tok, err := auth.Mint("s2", "alice", time.Hour) // the second secret: rotation
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := postProgress(t, base, tok, `{"video_id":"v1","percent":42.5}`); code != http.StatusAccepted {
+		t.Fatalf("POST = %d, want 202\n%s", code, out)
+	}
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "keepwatch_events_accepted_total 1\n") {
+		t.Fatalf("/metrics does not count the accepted event:\n%s", metrics)
+	}
+
+	cancel()
+	waitStatus(t, base+"/readyz", http.StatusServiceUnavailable)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit code %d, want 0\n%s", code, out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Main did not return after cancellation\n%s", out)
+	}
+}
+
+func TestCommandRefusesBadConfig(t *testing.T) {
+	for name, args := range map[string][]string{
+		"no secret":     {"command", "--flush=false"},
+		"unknown flag":  {"command", "--no-such-flag"},
+		"bad duration":  {"command", "--commit-window", "soon"},
+		"zero workers":  {"command", "--flush=false", "--auth-secret", "s", "--commit-workers", "0"},
+		"token no user": {"token", "--auth-secret", "s"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			done, out := startMain(t, context.Background(), args...)
+			if code := <-done; code != 2 {
+				t.Fatalf("exit code %d, want 2 (usage error)\n%s", code, out)
+			}
+		})
+	}
+}
+
+// TestSIGTERMFinishesInFlightRequests builds the real binary, holds a request
+// in flight by pausing Redis writes, sends SIGTERM, and checks that the
+// request is still answered 202 (its write acknowledged) and that the process
+// exits 0.
+func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "keepwatch")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	r := testenv.StartRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	base := "http://" + addr
+	cmd := exec.Command(bin, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(), "--auth-secret", "s")
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Env = append(os.Environ(), "KEEPWATCH_REDIS_TIMEOUT=10s")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	waitStatus(t, base+"/readyz", http.StatusOK)
+	tok, _ := auth.Mint("s", "bob", time.Hour)
+
+	// Pause Redis writes so the next POST waits in the group commit.
+	rc := r.Client()
+	if err := rc.Do(context.Background(), "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	result := make(chan int, 1)
+	go func() { result <- postProgress(t, base, tok, `{"video_id":"v9","percent":7}`) }()
+	// Wait until the request's write is held by the pause: then it is in
+	// flight inside the server.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := rc.Info(context.Background(), "clients").Result()
+		if err == nil && !strings.Contains(info, "blocked_clients:0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the POST never reached Redis: %v\n%s", err, info)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-result; code != http.StatusAccepted {
+		t.Fatalf("in-flight POST = %d, want 202\n%s", code, logs.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, logs.String())
+	}
+	if v, err := rc.HGet(context.Background(), "kw:{kw"+fmt.Sprintf("%02d", shardOfForTest("bob"))+"}:u:bob", "v9").Result(); err != nil || v == "" {
+		t.Fatalf("the in-flight write is not in Redis: %q %v", v, err)
+	}
+}
+
+func shardOfForTest(user string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(user); i++ {
+		h ^= uint32(user[i])
+		h *= 16777619
+	}
+	return int(h % 16)
+}
