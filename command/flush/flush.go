@@ -243,9 +243,10 @@ func (s *Stats) add(o Stats) {
 }
 
 // FlushOnce drains every shard of what is due now, Parallelism shards at a
-// time, and returns what it did. It stops early, returning an error wrapping
-// keepwatch.ErrUnavailable, when Redis or MongoDB stays unreachable through a
-// batch's retries: the other batches would only wait for the same outage.
+// time, and returns what it did. A shard whose batch fails is left for the
+// next drain; when the failure is an outage (Redis or MongoDB unreachable
+// through a batch's retries, an error wrapping keepwatch.ErrUnavailable) the
+// whole drain stops early, since every other batch would wait for it too.
 func (f *Flusher) FlushOnce(ctx context.Context) (Stats, error) {
 	shards := make(chan int)
 	var (
@@ -267,7 +268,11 @@ func (f *Flusher) FlushOnce(ctx context.Context) (Stats, error) {
 				total.add(st)
 				if err != nil {
 					errs = append(errs, err)
-					stop()
+					if errors.Is(err, keepwatch.ErrUnavailable) {
+						// An outage: the other shards would only wait
+						// for it too.
+						stop()
+					}
 				}
 				mu.Unlock()
 			}
