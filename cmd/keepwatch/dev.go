@@ -3,9 +3,224 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/oklog/run"
+
+	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/devenv"
+	"github.com/keepwatch/keepwatch/internal/ferret"
 )
 
-// runDev is being built; see the issue tracker.
+// devConfig is every flag of `keepwatch dev`.
+type devConfig struct {
+	dataDir       string
+	commandAddr   string
+	queryAddr     string
+	authSecret    string
+	user          string
+	tokenTTL      time.Duration
+	flushInterval time.Duration
+}
+
+func (c *devConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.dataDir, "data-dir", "./keepwatch-data", "where Redis' append-only file, the embedded MongoDB's SQLite files and the dev auth secret live")
+	fs.StringVar(&c.commandAddr, "command-addr", ":8080", "address of the command API")
+	fs.StringVar(&c.queryAddr, "query-addr", ":8081", "address of the query API")
+	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (empty: a random one made once and kept in --data-dir)")
+	fs.StringVar(&c.user, "user", "dev", "user of the printed development token")
+	fs.DurationVar(&c.tokenTTL, "token-ttl", 30*24*time.Hour, "how long the printed development token is valid")
+	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two flushes of the buffer to MongoDB")
+}
+
+// runDev runs the command API with its flusher and the query API in one
+// process, on a Redis it starts (redis-server from PATH, else an embedded
+// one) and an embedded FerretDB, all keeping their data in --data-dir.
 func runDev(ctx context.Context, env *environment, args []string) error {
-	return errors.New("dev: not built yet")
+	fs := newFlagSet(env, "dev", "Run command, flusher and query in one process with no setup: Redis (redis-server from PATH, else embedded) and an embedded MongoDB-protocol server (FerretDB on SQLite) keep their data in --data-dir.")
+	var cfg devConfig
+	cfg.register(fs)
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	if cfg.tokenTTL <= 0 || cfg.flushInterval <= 0 {
+		return usageError{"--token-ttl and --flush-interval must be positive"}
+	}
+	// Humans read dev's logs: text unless the operator asked for a format.
+	denv := *env
+	if env.getenv("KEEPWATCH_LOG_FORMAT") == "" {
+		denv.logger = newLogger(env.stderr, env.getenv("KEEPWATCH_LOG_LEVEL"), "text")
+	}
+	return runDevWith(ctx, &denv, cfg)
+}
+
+func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
+	log := env.logger.With("service", "dev")
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	secret := cfg.authSecret
+	if secret == "" {
+		s, created, err := devenv.LoadOrCreateSecret(cfg.dataDir)
+		if err != nil {
+			return err
+		}
+		secret = s
+		if created {
+			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devenv.SecretFile))
+		}
+	}
+
+	rds, err := devenv.StartRedis(ctx, filepath.Join(cfg.dataDir, "redis"), log)
+	if err != nil {
+		return fmt.Errorf("start redis: %w", err)
+	}
+	defer func() {
+		if err := rds.Stop(); err != nil {
+			log.Error("stop redis", "err", err)
+		}
+	}()
+	if rds.Embedded {
+		fmt.Fprintln(env.stderr, "NOTICE: redis-server is not on PATH, so keepwatch dev uses an embedded Redis-protocol server (miniredis).")
+		fmt.Fprintln(env.stderr, "        It keeps the buffer in memory: it is saved to the data directory on Ctrl-C, but a crash or kill")
+		fmt.Fprintln(env.stderr, "        loses events not yet flushed to MongoDB. Install redis-server (Debian: apt-get install redis-server)")
+		fmt.Fprintln(env.stderr, "        for an append-only file like production's.")
+	}
+
+	mongoDir := filepath.Join(cfg.dataDir, "mongo")
+	fdb, err := ferret.Start(ctx, ferret.Config{Dir: mongoDir})
+	if err != nil {
+		return fmt.Errorf("start embedded mongodb: %w", err)
+	}
+	defer fdb.Stop()
+
+	// The services are configured through their own flags, by name, so dev
+	// gets every default of `keepwatch command` and `keepwatch query`.
+	common := map[string]string{
+		"auth-secret": secret,
+		"redis-url":   rds.URL,
+		"mongo-uri":   fdb.URI(),
+		"migrate":     "true",
+		// Ctrl-C should not take long on a laptop.
+		"shutdown-grace": "5s",
+	}
+	var cc commandConfig
+	if err := setFlags("command", cc.register, common, map[string]string{
+		"http-addr": cfg.commandAddr, "flush": "true", "flush-interval": cfg.flushInterval.String(),
+	}); err != nil {
+		return err
+	}
+	var qc queryConfig
+	if err := setFlags("query", qc.register, common, map[string]string{"http-addr": cfg.queryAddr}); err != nil {
+		return err
+	}
+
+	// One context for both services: when either stops (error or Ctrl-C), the
+	// other is stopped too.
+	gctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	cmdGroup, err := newCommandGroup(gctx, env, &cc, "keepwatch-dev")
+	if err != nil {
+		return err
+	}
+	queryGroup, err := newQueryGroup(gctx, env, &qc, "keepwatch-dev")
+	if err != nil {
+		// The command group holds connections and a listener: run it down.
+		cancel(err)
+		_ = cmdGroup.Run()
+		return err
+	}
+
+	tok, err := auth.Mint(firstSecret(secret), cfg.user, cfg.tokenTTL)
+	if err != nil {
+		cancel(err)
+		_ = cmdGroup.Run()
+		_ = queryGroup.Run()
+		return err
+	}
+	printBanner(env, cfg, rds, mongoDir, fdb.Addr(), tok)
+
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, g := range []*run.Group{cmdGroup, queryGroup} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = g.Run()
+			cancel(errors.New("a service stopped"))
+		}()
+	}
+	wg.Wait()
+	log.Info("stopped; data kept", "dir", cfg.dataDir)
+	return errors.Join(errs...)
+}
+
+// setFlags registers a service's flags on a private flag set and sets them
+// by name, failing on a name the service does not have.
+func setFlags(name string, register func(*flag.FlagSet), sets ...map[string]string) error {
+	fs := flag.NewFlagSet("dev "+name, flag.ContinueOnError)
+	register(fs)
+	for _, set := range sets {
+		for k, v := range set {
+			if err := fs.Set(k, v); err != nil {
+				return fmt.Errorf("configure %s --%s: %w", name, k, err)
+			}
+		}
+	}
+	return nil
+}
+
+func firstSecret(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+// httpURL turns a listen address into a URL a browser or curl can use.
+func httpURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+func printBanner(env *environment, cfg devConfig, rds *devenv.Redis, mongoDir, mongoAddr, tok string) {
+	cmdURL, queryURL := httpURL(cfg.commandAddr), httpURL(cfg.queryAddr)
+	w := env.stdout
+	fmt.Fprintf(w, `
+keepwatch dev is running. Data: %s (survives restarts). Ctrl-C stops everything.
+
+  command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}
+  query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}
+  flusher      in-process, every %s
+  Redis        %s
+  MongoDB      embedded FerretDB on %s, SQLite in %s
+  API docs     %s/openapi.json
+
+Development token for user %s (valid %s):
+
+  %s
+
+Post progress, then read keep-watching (shows at once, before the flush):
+
+  curl -i -X POST %s/v1/progress -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{"video_id":"big-buck-bunny","percent":42.5,"position":268.5,"duration":635}'
+
+  curl -s %s/v1/keep-watching -H 'Authorization: Bearer %s'
+
+`, cfg.dataDir, cmdURL, queryURL, cfg.flushInterval, rds.Describe, mongoAddr, mongoDir, cmdURL,
+		strconv.Quote(cfg.user), cfg.tokenTTL, tok, cmdURL, tok, queryURL, tok)
 }

@@ -7,7 +7,8 @@ import (
 
 // setParentDeathSignal makes the kernel send the child SIGTERM when keepwatch
 // dies without stopping it (kill -9), so no redis-server is left holding the
-// data directory.
+// data directory. Its own process group keeps a terminal's Ctrl-C from
+// reaching it directly: keepwatch stops it last, after its own services.
 func setParentDeathSignal(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 }
