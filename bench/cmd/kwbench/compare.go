@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,11 @@ type compareResult struct {
 	ServerCPU float64 `json:"server_cpu_cores"`
 	ServerRSS int64   `json:"server_rss_bytes"`
 	Ratio     float64 `json:"ratio_to_bare"`
+	// PerCore is requests/s per core of server CPU: the throughput the
+	// server would reach with its core to itself, robust when other work
+	// shares the machine.
+	PerCore      float64 `json:"rps_per_server_core"`
+	PerCoreRatio float64 `json:"per_core_ratio_to_bare"`
 }
 
 // commonFlags are the flags compare and fleet share: what to start and where.
@@ -120,6 +126,7 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	videos := fs.Int("videos", 4, "videos per user")
 	targets := fs.String("targets", "bare,keepwatch,naive-redis", "targets in order, comma-separated (naive-mongo is added when --mongo-uri is set)")
 	jsonOut := fs.String("json", "", "also write the figures as JSON to this file")
+	profile := fs.Bool("profile", false, "take a CPU profile of keepwatch during its measured run (keepwatch.cpu.pprof in the run directory; inspect with go tool pprof -top)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -133,6 +140,11 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	cfg, err := cf.config(ctx, w)
 	if err != nil {
 		return err
+	}
+	var prof *profiler
+	if *profile {
+		prof = &profiler{token: "kwbench-admin", path: filepath.Join(cfg.Dir, "keepwatch.cpu.pprof")}
+		cfg.KeepwatchArgs = append(cfg.KeepwatchArgs, "--admin-token", prof.token)
 	}
 	toks, err := token.Pool(cf.secret, "bench-user-", *users, 24*time.Hour)
 	if err != nil {
@@ -150,7 +162,11 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration)
+		var p *profiler
+		if k == target.Keepwatch {
+			p = prof
+		}
+		res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration, p)
 		if err != nil {
 			return fmt.Errorf("%s: %w", k, err)
 		}
@@ -158,30 +174,42 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 			fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors())
 		results = append(results, res)
 	}
-	var bareRPS float64
-	for _, r := range results {
+	var bareRPS, barePerCore float64
+	for i := range results {
+		r := &results[i]
+		if r.ServerCPU > 0 {
+			r.PerCore = r.Result.RPS / r.ServerCPU
+		}
 		if r.Target == string(target.Bare) {
-			bareRPS = r.Result.RPS
+			bareRPS, barePerCore = r.Result.RPS, r.PerCore
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\tRSS\tvs bare\t")
+	fmt.Fprintln(tw, "target\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\treq/s per core\tRSS\tvs bare\tper core vs bare\t")
 	for i := range results {
 		r := &results[i]
-		ratio := "-"
+		ratio, pcRatio := "-", "-"
 		if bareRPS > 0 {
 			r.Ratio = r.Result.RPS / bareRPS
 			ratio = fmt.Sprintf("%.2f×", r.Ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f MiB\t%s\t\n", r.Target, r.Result.RPS,
+		if barePerCore > 0 {
+			r.PerCoreRatio = r.PerCore / barePerCore
+			pcRatio = fmt.Sprintf("%.2f×", r.PerCoreRatio)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f\t%.0f MiB\t%s\t%s\t\n", r.Target, r.Result.RPS,
 			fmtDur(r.Result.P50), fmtDur(r.Result.P90), fmtDur(r.Result.P99), fmtDur(r.Result.Max),
-			r.Result.Errors(), r.ServerCPU, float64(r.ServerRSS)/(1<<20), ratio)
+			r.Result.Errors(), r.ServerCPU, r.PerCore, float64(r.ServerRSS)/(1<<20), ratio, pcRatio)
 	}
 	fmt.Fprintln(w)
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("print results: %w", err)
 	}
 	fmt.Fprintln(w, "errors = answers other than 2xx/3xx (wrk counts status > 399) + socket errors + timeouts")
+	fmt.Fprintln(w, "server CPU = cores the server used during the run (1.00 = its core to itself; less means other work shared the core)")
+	if prof != nil {
+		fmt.Fprintf(w, "keepwatch CPU profile: %s (go tool pprof -top %s)\n", prof.path, prof.path)
+	}
 	if *jsonOut != "" {
 		b, err := json.MarshalIndent(map[string]any{"duration": duration.String(), "connections": *conns,
 			"users": *users, "server_core": cf.serverCore, "load_core": cf.loadCore, "results": results}, "", "  ")
@@ -196,7 +224,7 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 }
 
 // compareOne launches one target, warms it up, measures it and stops it.
-func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Options, warmup, duration time.Duration) (res compareResult, err error) {
+func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Options, warmup, duration time.Duration, prof *profiler) (res compareResult, err error) {
 	run, err := target.Launch(ctx, k, cfg)
 	if err != nil {
 		return res, err
@@ -216,9 +244,18 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 	before := usage(run.Servers)
 	t0 := time.Now()
 	wo.Duration = duration
+	profDone := make(chan error, 1)
+	if prof != nil {
+		go func() { profDone <- prof.take(ctx, run.CommandURL, duration-time.Second) }()
+	}
 	r, err := wrk.Run(ctx, wo)
 	if err != nil {
 		return res, err
+	}
+	if prof != nil {
+		if err := <-profDone; err != nil {
+			return res, err
+		}
 	}
 	elapsed := time.Since(t0)
 	after := usage(run.Servers)
@@ -247,4 +284,36 @@ func fmtDur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%dµs", d.Microseconds())
 	}
+}
+
+// profiler fetches a CPU profile from keepwatch's /debug/pprof (enabled by
+// --admin-token).
+type profiler struct {
+	token string
+	path  string
+}
+
+func (p *profiler) take(ctx context.Context, base string, d time.Duration) error {
+	secs := max(int(d/time.Second), 1)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs), nil)
+	if err != nil {
+		return fmt.Errorf("profile keepwatch: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	resp, err := (&http.Client{Timeout: d + 30*time.Second}).Do(req)
+	if err != nil {
+		return fmt.Errorf("profile keepwatch: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile keepwatch: status %d", resp.StatusCode)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read keepwatch profile: %w", err)
+	}
+	if err := os.WriteFile(p.path, b, 0o644); err != nil {
+		return fmt.Errorf("write keepwatch profile: %w", err)
+	}
+	return nil
 }
