@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -71,6 +72,8 @@ type Config struct {
 	MongoURI string
 	// KeepwatchArgs are added to `keepwatch command`'s arguments.
 	KeepwatchArgs []string
+	// DevArgs are added to `keepwatch dev`'s arguments.
+	DevArgs []string
 	// Query starts `keepwatch query` beside `keepwatch command` (it needs a
 	// MongoDB: MongoURI).
 	Query bool
@@ -180,17 +183,17 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 		r.QueryURL, err = server("keepwatch-query", c.Keepwatch, qargs, nil)
 		return r, err
 	case KeepwatchDev:
-		return r, launchDev(ctx, r, c, dir, startRedis)
+		return r, launchDev(ctx, r, c, dir)
 	}
 	return r, fmt.Errorf("unknown target %q", kind)
 }
 
-// launchDev starts `keepwatch dev` with a redis-server of ours (so Redis INFO
-// can be read) and waits for both its APIs.
-func launchDev(ctx context.Context, r *Running, c Config, dir string, startRedis func() error) error {
-	if err := startRedis(); err != nil {
-		return err
-	}
+// launchDev starts `keepwatch dev`, waits for both its APIs, and reads the
+// address of the redis-server it started from what it prints (for Redis
+// INFO). It is never pinned: its redis-server, embedded MongoDB and flusher
+// would inherit the one core and starve the API (measured: at 3,000 req/s
+// pinned to one core, flush never finished and the schedule fell behind).
+func launchDev(ctx context.Context, r *Running, c Config, dir string) error {
 	caddr, err := proc.FreeAddr()
 	if err != nil {
 		return err
@@ -200,25 +203,36 @@ func launchDev(ctx context.Context, r *Running, c Config, dir string, startRedis
 		return err
 	}
 	args := []string{"dev", "--data-dir", filepath.Join(dir, "data"), "--command-addr", caddr, "--query-addr", qaddr,
-		"--redis-url", r.RedisURL, "--auth-secret", c.Secret}
-	env := []string{}
-	if c.ServerCore >= 0 {
-		env = append(env, "GOMAXPROCS=1")
-	}
-	p, err := proc.Start(proc.Spec{Name: "keepwatch-dev", Path: c.Keepwatch, Args: args, Env: env, Core: c.ServerCore, LogDir: dir})
+		"--auth-secret", c.Secret}
+	p, err := proc.Start(proc.Spec{Name: "keepwatch-dev", Path: c.Keepwatch, Args: append(args, c.DevArgs...),
+		Core: -1, LogDir: dir})
 	if err != nil {
 		return err
 	}
 	r.procs = append(r.procs, p)
 	r.Servers = append(r.Servers, p)
 	r.CommandURL, r.QueryURL = "http://"+caddr, "http://"+qaddr
+	logPath := filepath.Join(dir, "keepwatch-dev.log")
 	for _, u := range []string{r.CommandURL, r.QueryURL} {
 		if err := proc.WaitHTTP(ctx, p, u+"/readyz", 120*time.Second); err != nil {
-			return fmt.Errorf("keepwatch dev: %w (log: %s)", err, filepath.Join(dir, "keepwatch-dev.log"))
+			return fmt.Errorf("keepwatch dev: %w (log: %s)", err, logPath)
 		}
 	}
-	return nil
+	// The banner is printed once both APIs listen; give it a moment to land.
+	for range 50 {
+		if b, err := os.ReadFile(logPath); err == nil {
+			if m := devRedis.FindSubmatch(b); m != nil {
+				r.RedisURL = "redis://" + string(m[1]) + "/0"
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil // no Redis figures, the rest still works
 }
+
+// devRedis finds the redis-server address in keepwatch dev's banner.
+var devRedis = regexp.MustCompile(`redis-server \(pid \d+\) on ([0-9.]+:\d+)`)
 
 // BuildKeepwatch builds ./cmd/keepwatch of the module in moduleDir into dir.
 func BuildKeepwatch(ctx context.Context, moduleDir, dir string) (string, error) {

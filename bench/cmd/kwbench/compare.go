@@ -46,6 +46,7 @@ type commonFlags struct {
 	mongoURI   string
 	dir        string
 	kwArgs     string
+	devArgs    string
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
@@ -56,6 +57,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.redisCore, "redis-core", 1, "CPU core each redis-server is pinned to (-1: not pinned)")
 	fs.StringVar(&c.mongoURI, "mongo-uri", "", "a real MongoDB: adds the naive-mongo baseline (one upsert per request)")
 	fs.StringVar(&c.dir, "dir", "", "directory for logs, tokens and reports (default: a new temporary directory)")
+	fs.StringVar(&c.devArgs, "dev-args", "", "extra arguments of `keepwatch dev` (space-separated), e.g. --flush-interval=30s")
 	fs.StringVar(&c.kwArgs, "keepwatch-args", "--rate-limit=1000000 --rate-burst=1000000",
 		"extra arguments of `keepwatch command` (space-separated); the default relaxes the per-user rate limit, since each simulated user posts far more often than a player")
 }
@@ -89,7 +91,7 @@ func (c *commonFlags) config(ctx context.Context, w io.Writer) (target.Config, e
 	return target.Config{
 		Self: self, Keepwatch: kw, Dir: c.dir, Secret: c.secret,
 		ServerCore: c.serverCore, RedisCore: c.redisCore, MongoURI: c.mongoURI,
-		KeepwatchArgs: strings.Fields(c.kwArgs),
+		KeepwatchArgs: strings.Fields(c.kwArgs), DevArgs: strings.Fields(c.devArgs),
 	}, nil
 }
 

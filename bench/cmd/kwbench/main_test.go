@@ -54,7 +54,8 @@ func TestFleetEndToEnd(t *testing.T) {
 	var out bytes.Buffer
 	err := runFleet(ctx, []string{"--keepwatch", kw, "--dir", dir, "--quiet",
 		"--rate", "100", "--period", "5s", "--duration", "3s", "--warmup", "1s", "--workers", "32", "--freshness", "10",
-		"--compare", "bare,naive-redis", "--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
+		"--compare", "bare,naive-redis", "--server-core", "-1", "--load-core", "-1", "--redis-core", "-1",
+		"--dev-args", "--flush-interval=1s"}, &out)
 	t.Log(out.String())
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +116,9 @@ func TestFleetEndToEnd(t *testing.T) {
 				if r.Freshness == nil || r.Freshness.Count == 0 || r.FreshnessTimeouts != 0 {
 					t.Errorf("freshness %+v, %d not seen", r.Freshness, r.FreshnessTimeouts)
 				}
+			}
+			if strings.Contains(out.String(), "starting keepwatch-dev") && r.WritesPerEvent == nil {
+				t.Error("keepwatch dev runs a flusher: writes to MongoDB per event missing")
 			}
 			if r.WritesPerEvent != nil && (*r.WritesPerEvent < 0 || *r.WritesPerEvent > 1) {
 				t.Errorf("writes to MongoDB per event %v, want within [0, 1]", *r.WritesPerEvent)
