@@ -645,9 +645,7 @@ type help struct {
 
 var helpLine = regexp.MustCompile(`^\s+--([a-z0-9-]+)\s+\((KEEPWATCH_[A-Z0-9_]+), default `)
 
-// readHelp parses `keepwatch <sub> --help`. While a subcommand is still being
-// built (it answers "not built yet"), it falls back to the flags the contract
-// in DESIGN.md fixes for it, and says so.
+// readHelp parses `keepwatch <sub> --help`: "--name  (KEEPWATCH_NAME, default X)".
 func readHelp(t *testing.T, bin string, sub []string) *help {
 	t.Helper()
 	args := append(slices.Clone(sub), "--help")
@@ -664,39 +662,7 @@ func readHelp(t *testing.T, bin string, sub []string) *help {
 	if len(h.flags) > 0 {
 		return h
 	}
-	if strings.Contains(string(out), "not built yet") {
-		h.source = "the contract's flag list: the subcommand is not built yet"
-		for _, f := range contractFlags(sub[0]) {
-			h.flags[f] = true
-			h.vars["KEEPWATCH_"+strings.ToUpper(strings.ReplaceAll(f, "-", "_"))] = true
-		}
-		return h
-	}
 	t.Fatalf("keepwatch %s: no flags in its help (err %v):\n%s", strings.Join(args, " "), err, out)
-	return nil
-}
-
-// contractFlags is the flag list of the contract (DESIGN.md and the task
-// briefs), used only for a subcommand that is not built yet.
-func contractFlags(sub string) []string {
-	common := []string{"redis-url", "redis-cluster", "redis-shards", "mongo-uri", "mongo-db", "mongo-timeout",
-		"http-addr", "auth-secret", "admin-token", "shutdown-grace", "migrate"}
-	flusher := []string{"flush-interval", "flush-batch", "flush-parallelism", "flush-lease", "flush-chunk",
-		"flush-max-retries", "flush-max-backoff", "flush-dead-letter-after"}
-	switch sub {
-	case "command":
-		return slices.Concat(common, flusher, []string{"body-limit", "batch-max-events", "max-event-age", "rate-limit",
-			"rate-burst", "token-cache-size", "commit-window", "commit-batch", "commit-workers", "buffer-high-water",
-			"redis-timeout", "flush"})
-	case "flush":
-		return slices.Concat(common, flusher)
-	case "query":
-		return slices.Concat(common, []string{"finished-threshold", "read-preference", "max-staleness", "cors-origins", "overlay"})
-	case "migrate", "replay":
-		return []string{"mongo-uri", "mongo-db", "mongo-timeout"}
-	case "token":
-		return []string{"auth-secret", "user", "ttl"}
-	}
 	return nil
 }
 
@@ -826,10 +792,10 @@ type metricSet struct {
 	source string
 }
 
-// contractMetrics is the metric list of the contract, used while the services
-// are not built yet.
+// contractMetrics is the metric list of the contract: the real services must
+// export every one of them, with these types and labels.
 func contractMetrics() *metricSet {
-	ms := &metricSet{types: map[string]string{}, labels: map[string]map[string]bool{}, source: "the contract's metric list (services not built yet)"}
+	ms := &metricSet{types: map[string]string{}, labels: map[string]map[string]bool{}, source: "the contract's metric list"}
 	add := func(name, typ string, labels ...string) {
 		ms.types[name] = typ
 		ms.labels[name] = map[string]bool{}
@@ -916,6 +882,16 @@ func TestAlertAndDashboardMetricsExist(t *testing.T) {
 	qs := queries(t)
 	ms := exportedMetrics(t)
 	t.Logf("metric names checked against %s", ms.source)
+	for name, typ := range contractMetrics().types {
+		if ms.types[name] != typ {
+			t.Errorf("the contract's %s %s is exported as %q", typ, name, ms.types[name])
+		}
+		for l := range contractMetrics().labels[name] {
+			if !ms.labels[name][l] {
+				t.Errorf("the contract's %s has no label %q in the real /metrics", name, l)
+			}
+		}
+	}
 	for _, want := range []string{"keepwatch_buffer_oldest_pending_age_seconds", "keepwatch_dead_letters",
 		"keepwatch_flush_dead_lettered_total", "keepwatch_http_request_duration_seconds_count",
 		"keepwatch_buffer_pending_entries", "keepwatch_buffer_high_water_entries"} {
