@@ -402,6 +402,13 @@ func TestMongoDown(t *testing.T) {
 		}
 	}
 	e.mongo.Start()
+	// The driver finds the server again on its own; wait for it on /readyz.
+	for deadline := time.Now().Add(30 * time.Second); e.get("", "/readyz").StatusCode != 200; {
+		if time.Now().After(deadline) {
+			t.Fatal("not ready after MongoDB came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if got := decode[items](t, e.get("alice", "/v1/keep-watching"), 200); ids(got) != "a:10" {
 		t.Fatalf("after restart: %q", ids(got))
 	}
@@ -525,6 +532,35 @@ func TestKeepWatchingUsesIndex(t *testing.T) {
 		plan := winning.String()
 		if !strings.Contains(plan, `"IXSCAN"`) || !strings.Contains(plan, migrations.ProgressByUserIndex) || strings.Contains(plan, `"COLLSCAN"`) {
 			t.Fatalf("keep-watching (also=%v) does not use the index %s: %s", also, migrations.ProgressByUserIndex, plan)
+		}
+	}
+}
+
+func TestReadPreference(t *testing.T) {
+	e := newEnv(t)
+	e.stored("alice", "a", at(base+1, 10))
+	for _, o := range []kwmongo.ReadOptions{
+		{},
+		{ReadPreference: "primaryPreferred"},
+		{ReadPreference: "secondaryPreferred", MaxStaleness: 90 * time.Second},
+		{ReadPreference: "nearest"},
+	} {
+		r, err := e.store.Reader(o)
+		if err != nil {
+			t.Fatalf("%+v: %v", o, err)
+		}
+		// A standalone server (FerretDB, or one mongod) serves every mode.
+		got, err := r.KeepWatching(context.Background(), "alice", 95, 20, nil)
+		if err != nil || len(got) != 1 || got[0].VideoID != "a" {
+			t.Fatalf("%+v: %v %v", o, got, err)
+		}
+	}
+	for _, o := range []kwmongo.ReadOptions{
+		{ReadPreference: "secondaryish"},
+		{ReadPreference: "primary", MaxStaleness: 90 * time.Second},
+	} {
+		if _, err := e.store.Reader(o); err == nil {
+			t.Fatalf("%+v accepted", o)
 		}
 	}
 }

@@ -134,15 +134,18 @@ func (r *reader) progress(ctx context.Context, userID string, videoIDs []string)
 	if err != nil {
 		return result{}, r.storeError(err)
 	}
-	items, hit := overlay(stored, pending)
+	merged, hit := overlay(stored, pending)
 	if hit {
 		r.metrics.overlayHits.Inc()
 	}
-	items = slices.DeleteFunc(items, func(p keepwatch.Progress) bool { return p.Deleted() })
 	// The order asked, so the same question always gets the same bytes (and ETag).
-	slices.SortFunc(items, func(a, b keepwatch.Progress) int {
-		return cmp.Compare(slices.Index(videoIDs, a.VideoID), slices.Index(videoIDs, b.VideoID))
-	})
+	items := make([]keepwatch.Progress, 0, len(merged))
+	for _, id := range videoIDs {
+		i := slices.IndexFunc(merged, func(p keepwatch.Progress) bool { return p.VideoID == id })
+		if i >= 0 && !merged[i].Deleted() {
+			items = append(items, merged[i])
+		}
+	}
 	return result{items: items, overlayFailed: !ok}, nil
 }
 

@@ -68,7 +68,7 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 		t.Fatal(err)
 	}
 	// No retries: a stopped Redis must fail fast, not after backoff.
-	rc := redis.NewClient(&redis.Options{Addr: e.redis.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	rc := redis.NewClient(&redis.Options{Addr: e.redis.Addr, MaxRetries: -1, DialerRetries: 1, DialTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = rc.Close() })
 	if e.buf, err = redisbuf.New(rc, redisbuf.Options{Shards: 4}); err != nil {
 		t.Fatal(err)
