@@ -473,3 +473,29 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestConcurrentFlushersConverge runs three flushers at once while events
+// keep coming: claims keep them apart, and whatever order their writes land
+// in, MongoDB ends with the newest state of every key.
+func TestConcurrentFlushersConverge(t *testing.T) {
+	e := newEnv(t, nil, mongo.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 3 {
+		f, _ := newFlusher(t, e.buf, e.store, flush.Config{Interval: 5 * time.Millisecond, Batch: 4, Parallelism: 2})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.Run(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	for i := range 30 {
+		e.round(4, 3, int64(100+i))
+	}
+	waitFor(t, "the buffer to drain", func() bool { return e.pending() == 0 })
+	cancel()
+	wg.Wait()
+	e.checkConverged()
+}
