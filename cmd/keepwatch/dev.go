@@ -37,7 +37,7 @@ func (c *devConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (empty: a random one made once and kept in --data-dir)")
 	fs.StringVar(&c.user, "user", "dev", "user of the printed development token")
 	fs.DurationVar(&c.tokenTTL, "token-ttl", 30*24*time.Hour, "how long the printed development token is valid")
-	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two flushes of the buffer to MongoDB")
+	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two drains of the buffer to MongoDB (an entry waits about this long)")
 }
 
 // runDev runs the command API with its flusher and the query API in one
