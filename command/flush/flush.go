@@ -188,7 +188,6 @@ type Flusher struct {
 type failure struct {
 	attempts int
 	first    time.Time
-	err      string
 }
 
 // New returns a flusher. Metrics are registered on reg.
@@ -354,23 +353,26 @@ func (f *Flusher) flushBatch(ctx context.Context, c *redisbuf.Claim) (Stats, err
 	if err != nil {
 		// Nothing was handled for sure.
 		var (
-			deadLettered int
-			derr         error
+			dlID string
+			derr error
 		)
 		if !errors.Is(lastErr, keepwatch.ErrUnavailable) && ctx.Err() == nil {
 			// The server answers but refuses the batch: count it
 			// against its entries, dead-letter those past the bound,
 			// and release the claim.
-			deadLettered, derr = f.failBatch(wctx, c, attempts, lastErr)
-			st.DeadLettered = deadLettered
+			st.DeadLettered, dlID, derr = f.failBatch(wctx, c, attempts, lastErr)
 		} else if rerr := f.buf.Release(wctx, c, nil); rerr != nil {
 			// MongoDB is unreachable or we are stopping: every entry
 			// becomes due again at once, for the next drain or another
 			// flusher. If Redis is down too, the lease will expire.
 			derr = fmt.Errorf("flush batch: %w", rerr)
 		}
-		f.log.Warn("flush: batch failed", "shard", c.Shard, "entries", len(entries), "attempts", attempts,
-			"dead_lettered", deadLettered, "err", lastErr)
+		level := slog.LevelWarn
+		if st.DeadLettered > 0 {
+			level = slog.LevelError
+		}
+		f.log.Log(wctx, level, "flush: batch failed", "shard", c.Shard, "entries", len(entries), "attempts", attempts,
+			"dead_lettered", st.DeadLettered, "dead_letter", dlID, "err", lastErr)
 		if derr != nil {
 			return st, derr
 		}
@@ -382,7 +384,10 @@ func (f *Flusher) flushBatch(ctx context.Context, c *redisbuf.Claim) (Stats, err
 	st.Written, st.Stale = res.Written, res.Stale
 
 	failed := make(map[int]bool, len(res.Failed))
-	var dlErr error
+	var (
+		dlID  string
+		dlErr error
+	)
 	if len(res.Failed) > 0 {
 		dl := mongo.DeadLetter{Error: res.Failed[0].Err.Error(), Attempts: attempts}
 		for _, fe := range res.Failed {
@@ -390,17 +395,12 @@ func (f *Flusher) flushBatch(ctx context.Context, c *redisbuf.Claim) (Stats, err
 			dl.Entries = append(dl.Entries, mongo.DeadEntry{Progress: entries[fe.Index], Error: fe.Err.Error()})
 		}
 		dl.Attempts, dl.FirstFailure = f.priorFailures(dl.Entries, attempts)
-		if id, err := f.addDeadLetter(ctx, dl); err != nil {
-			// Not stored: keep the entries in the buffer.
-			dlErr = err
-		} else {
-			for i := range failed {
-				delete(failed, i)
-			}
+		if dlID, dlErr = f.addDeadLetter(ctx, dl); dlErr == nil {
+			clear(failed)
 			st.DeadLettered = len(dl.Entries)
-			f.log.Error("flush: documents refused by MongoDB moved to dead letters",
-				"dead_letter", id, "entries", len(dl.Entries), "err", dl.Error)
 		}
+		// Otherwise the refused entries stay in the buffer, to be
+		// written (and refused) again at the next drain.
 	}
 	done := make([]int, 0, len(entries))
 	for i := range entries {
@@ -409,23 +409,31 @@ func (f *Flusher) flushBatch(ctx context.Context, c *redisbuf.Claim) (Stats, err
 		}
 	}
 	f.forget(entries, done)
-	if err := f.buf.Release(wctx, c, done); err != nil {
-		// The written entries stay claimed until the lease ends and are
-		// written again then, as stale: no harm but the work.
+	// If the release fails, the handled entries stay claimed until the
+	// lease ends and are written again then, as stale: no harm but the work.
+	err = errors.Join(dlErr, f.buf.Release(wctx, c, done))
+
+	// One log line per batch at most.
+	attrs := []any{"shard", c.Shard, "entries", len(entries), "written", res.Written, "stale", res.Stale,
+		"dead_lettered", st.DeadLettered, "attempts", attempts}
+	switch {
+	case err != nil:
+		f.log.Warn("flush: batch written but not fully released", append(attrs, "err", err)...)
 		return st, fmt.Errorf("flush batch: %w", err)
+	case st.DeadLettered > 0:
+		f.log.Error("flush: documents refused by MongoDB moved to dead letters",
+			append(attrs, "dead_letter", dlID, "err", res.Failed[0].Err)...)
+	default:
+		f.log.Debug("flush: batch", attrs...)
 	}
-	if dlErr != nil {
-		return st, fmt.Errorf("flush batch: %w", dlErr)
-	}
-	f.log.Debug("flush: batch", "shard", c.Shard, "entries", len(entries), "written", res.Written,
-		"stale", res.Stale, "dead_lettered", st.DeadLettered, "attempts", attempts)
 	return st, nil
 }
 
 // failBatch records a failed attempt of every entry of c and dead-letters
 // those that reached DeadLetterAfter attempts; it releases the claim: the
-// dead-lettered entries as done, the others to be retried.
-func (f *Flusher) failBatch(ctx context.Context, c *redisbuf.Claim, attempts int, cause error) (int, error) {
+// dead-lettered entries as done, the others to be retried. It returns how
+// many entries it dead-lettered and the dead letter's id.
+func (f *Flusher) failBatch(ctx context.Context, c *redisbuf.Claim, attempts int, cause error) (int, string, error) {
 	now := time.Now()
 	var (
 		dl   = mongo.DeadLetter{Error: cause.Error(), LastFailure: now}
@@ -440,7 +448,6 @@ func (f *Flusher) failBatch(ctx context.Context, c *redisbuf.Claim, attempts int
 			f.failures[id] = fr
 		}
 		fr.attempts += attempts
-		fr.err = cause.Error()
 		if fr.attempts >= f.cfg.DeadLetterAfter {
 			idxs = append(idxs, i)
 			dl.Entries = append(dl.Entries, mongo.DeadEntry{Progress: p})
@@ -452,20 +459,24 @@ func (f *Flusher) failBatch(ctx context.Context, c *redisbuf.Claim, attempts int
 	}
 	f.mu.Unlock()
 
-	var done []int
+	var (
+		done []int
+		id   string
+		err  error
+	)
 	if len(idxs) > 0 {
-		id, err := f.addDeadLetter(ctx, dl)
-		if err == nil {
+		if id, err = f.addDeadLetter(ctx, dl); err == nil {
 			done = idxs
 			f.forget(c.Entries, done)
-			f.log.Error("flush: batch failing past the bound moved to dead letters", "dead_letter", id,
-				"entries", len(dl.Entries), "attempts", dl.Attempts, "err", dl.Error)
 		}
 	}
-	if err := f.buf.Release(ctx, c, done); err != nil {
-		return len(done), fmt.Errorf("flush batch: %w", err)
+	if rerr := f.buf.Release(ctx, c, done); rerr != nil {
+		err = errors.Join(err, rerr)
 	}
-	return len(done), nil
+	if err != nil {
+		return len(done), id, fmt.Errorf("flush batch: %w", err)
+	}
+	return len(done), id, nil
 }
 
 // priorFailures folds earlier failed attempts of entries into a dead letter's
