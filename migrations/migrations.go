@@ -266,6 +266,14 @@ func createProgress(ctx context.Context, db *mongo.Database, srv server) (string
 }
 
 func indexProgressByUser(ctx context.Context, db *mongo.Database, _ server) (string, error) {
+	// Building it on a populated collection can outlast the client's
+	// per-operation timeout (--mongo-timeout); a deadline on the context
+	// takes precedence over that timeout.
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Hour)
+		defer cancel()
+	}
 	_, err := db.Collection(kwmongo.ProgressCollection).Indexes().CreateOne(ctx, mongo.IndexModel{
 		Keys:    bson.D{{Key: "u", Value: 1}, {Key: "s.t", Value: -1}},
 		Options: options.Index().SetName(ProgressByUserIndex),
