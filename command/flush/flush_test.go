@@ -286,6 +286,7 @@ func TestMongoStoppedNothingLostOrDeadLettered(t *testing.T) {
 		tm++
 		e.round(4, 4, tm)
 		e.round(2, 8, tm) // new keys too
+		time.Sleep(5 * time.Millisecond) // pace the posts; not a wait for anything
 	}
 	if e.pending() == 0 {
 		t.Fatal("buffer empty while MongoDB is down")
