@@ -313,9 +313,16 @@ func (s *Service) postBatch(c *fiber.Ctx, recv time.Time) error {
 		fields := make([]keepwatch.FieldError, 0, len(res.rejected))
 		for _, r := range res.rejected {
 			for _, fe := range r.Errors {
-				fields = append(fields, keepwatch.FieldError{Field: "events[" + strconv.Itoa(r.Index) + "]." + fe.Field, Detail: fe.Detail})
+				name := "events[" + strconv.Itoa(r.Index) + "]"
+				if fe.Field != "" {
+					name += "." + fe.Field
+				}
+				fields = append(fields, keepwatch.FieldError{Field: name, Detail: fe.Detail})
 			}
 		}
+		// The error path counts one rejection; count the other events too,
+		// so the metric counts events like the accepted one.
+		s.m.rejected["invalid"].Add(float64(len(res.rejected) - 1))
 		return &keepwatch.Error{Code: keepwatch.EINVALID, Message: "no event of the batch is valid", Fields: fields}
 	}
 	if err := s.commit.submit(keepwatch.Write{UserID: user, Entries: entries}); err != nil {

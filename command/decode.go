@@ -33,6 +33,11 @@ func malformed(msg string) *keepwatch.Error {
 
 // decodeProgress parses and validates the body of POST /v1/progress.
 func decodeProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, error) {
+	// fastjson unescapes strings lazily, so a bad escape in a field nobody
+	// reads would pass Parse: validate the whole document first.
+	if fastjson.ValidateBytes(body) != nil {
+		return progressEvent{}, malformed("the body is not valid JSON")
+	}
 	v, err := p.ParseBytes(body)
 	if err != nil {
 		return progressEvent{}, malformed("the body is not valid JSON")
@@ -102,6 +107,7 @@ func optSeconds(v *fastjson.Value, field string, positive bool, errs *[]keepwatc
 		return keepwatch.Unknown
 	}
 	f, ok := number(v)
+	f = keepwatch.Round3(f) // what is stored: a duration that rounds to 0 is 0
 	if !ok || !keepwatch.ValidSeconds(f) || (positive && f == 0) {
 		detail := "must be a number of seconds from 0 to 99999999.999"
 		if positive {
@@ -110,7 +116,7 @@ func optSeconds(v *fastjson.Value, field string, positive bool, errs *[]keepwatc
 		*errs = append(*errs, keepwatch.FieldError{Field: field, Detail: detail})
 		return keepwatch.Unknown
 	}
-	return keepwatch.Round3(f)
+	return f
 }
 
 // maxMillis bounds ts and sent_at: ms since the epoch, before year 2286.
@@ -144,6 +150,9 @@ type rejection struct {
 // decodeBatch parses POST /v1/progress/batch. A malformed body or envelope is
 // an error; invalid events are rejected one by one.
 func decodeBatch(p *fastjson.Parser, body []byte, tm timing, maxEvents int) (batchResult, error) {
+	if fastjson.ValidateBytes(body) != nil {
+		return batchResult{}, malformed("the body is not valid JSON")
+	}
 	v, err := p.ParseBytes(body)
 	if err != nil {
 		return batchResult{}, malformed("the body is not valid JSON")
@@ -177,7 +186,9 @@ func decodeBatch(p *fastjson.Parser, body []byte, tm timing, maxEvents int) (bat
 	for i, ev := range arr {
 		eo, err := ev.Object()
 		if err != nil {
-			res.rejected = append(res.rejected, rejection{Index: i, Errors: []keepwatch.FieldError{{Field: "events[" + itoa(i) + "]", Detail: "must be an object"}}})
+			// Field names inside a rejection are relative to the event; ""
+			// is the event itself.
+			res.rejected = append(res.rejected, rejection{Index: i, Errors: []keepwatch.FieldError{{Field: "", Detail: "must be an object"}}})
 			continue
 		}
 		var errs []keepwatch.FieldError

@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejected: map[string]prometheus.Counter{},
 	}
 	rej := f.NewCounterVec(prometheus.CounterOpts{Name: "keepwatch_events_rejected_total",
-		Help: "Requests refused, by reason; nothing of them was stored."}, []string{"reason"})
+		Help: "Events refused, by reason; nothing of them was stored (a request refused as a whole counts once)."}, []string{"reason"})
 	for _, r := range rejectReasons {
 		m.rejected[r] = rej.WithLabelValues(r)
 	}

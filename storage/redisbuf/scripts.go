@@ -47,8 +47,13 @@ while pos <= #p do
   end
   local fresh = 0
   if limit > 0 then
+    local seen = {}
     for j = 1, n do
-      if redis.call('HEXISTS', hk, videos[j]) == 0 then fresh = fresh + 1 end
+      local v = videos[j]
+      if not seen[v] then
+        seen[v] = true
+        if redis.call('HEXISTS', hk, v) == 0 then fresh = fresh + 1 end
+      end
     end
   end
   if fresh > 0 and card + fresh > limit then
