@@ -57,7 +57,7 @@ type pendingWrite struct {
 }
 
 var errQueueFull = &keepwatch.Error{Code: keepwatch.EUNAVAILABLE, RetryAfter: 1,
-	Message: "the write queue is full; retry shortly (operators: raise --commit-workers or add instances)"}
+	Message: "the write queue is full; retry shortly (operators: raise --commit-queue or add instances)"}
 
 func newCommitter(cfg CommitConfig, buf Applier, observe func(int, time.Duration)) *committer {
 	c := &committer{cfg: cfg, buf: buf, in: make(chan *pendingWrite, cfg.Queue), observe: observe, stopped: make(chan struct{}), quit: make(chan struct{})}

@@ -1,6 +1,16 @@
 package redisbuf
 
-import "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keepwatch/keepwatch"
+)
+
+// encodedLenLua is keepwatch.EncodedLen as Lua source: states have a fixed
+// width, so the script slices them instead of searching for a separator.
+var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 
 // Every script touches only keys of one shard: they all carry the shard's hash
 // tag, so each script call lives in one cluster slot. Keys are always passed in
@@ -12,7 +22,7 @@ import "github.com/redis/go-redis/v9"
 // KEYS[1] = q (visibility zset), KEYS[2] = a (age zset), KEYS[2+g] = user hash of group g.
 // ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending entries (0 = none),
 // ARGV[3] = the groups packed as lines: user, n, then n × (video, encoded
-// state). Packing keeps the client from building (and the allocator from
+// state of keepwatch.EncodedLen bytes). Packing keeps the client from building (and the allocator from
 // boxing) four arguments per event; '\n' cannot occur in any field (user ids
 // have no control characters, video ids and states have a fixed alphabet).
 // Returns one integer per group: the number of entries that changed the
@@ -40,38 +50,36 @@ while pos <= #p do
   local hk = KEYS[2 + g]
   local user = field()
   local n = tonumber(field())
-  local videos, vals = {}, {}
-  for j = 1, n do
-    videos[j] = field()
-    vals[j] = field()
-  end
+  -- One HGET per distinct video: it tells both whether the entry is new (for
+  -- the high-water mark) and what the new state must beat.
+  local videos, vals, cur = {}, {}, {}
   local fresh = 0
-  if limit > 0 then
-    local seen = {}
-    for j = 1, n do
-      local v = videos[j]
-      if not seen[v] then
-        seen[v] = true
-        if redis.call('HEXISTS', hk, v) == 0 then fresh = fresh + 1 end
-      end
+  for j = 1, n do
+    local v = field()
+    videos[j] = v
+    vals[j] = string.sub(p, pos, pos + ` + encodedLenLua + ` - 1)
+    pos = pos + ` + encodedLenLua + ` + 1
+    if cur[v] == nil then
+      local c = redis.call('HGET', hk, v)
+      if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
     end
   end
-  if fresh > 0 and card + fresh > limit then
+  if limit > 0 and fresh > 0 and card + fresh > limit then
     out[g] = -1
   else
     local changed = 0
     for j = 1, n do
-      local video, val = videos[j], vals[j]
-      local cur = redis.call('HGET', hk, video)
-      if not cur then
-        redis.call('HSET', hk, video, val)
-        local m = user .. '/' .. video
+      local v, val = videos[j], vals[j]
+      local c = cur[v]
+      if c == false then
+        local m = user .. '/' .. v
         redis.call('ZADD', KEYS[1], 'NX', now, m)
         redis.call('ZADD', KEYS[2], 'NX', now, m)
         card = card + 1
-        changed = changed + 1
-      elseif val > cur then
-        redis.call('HSET', hk, video, val)
+      end
+      if c == false or val > c then
+        redis.call('HSET', hk, v, val)
+        cur[v] = val
         changed = changed + 1
       end
     end
