@@ -285,7 +285,7 @@ func TestMongoStoppedNothingLostOrDeadLettered(t *testing.T) {
 	for counter(t, reg, "keepwatch_flush_retried_total") < 6 {
 		tm++
 		e.round(4, 4, tm)
-		e.round(2, 8, tm) // new keys too
+		e.round(2, 8, tm)                // new keys too
 		time.Sleep(5 * time.Millisecond) // pace the posts; not a wait for anything
 	}
 	if e.pending() == 0 {
