@@ -106,9 +106,10 @@ func (r *Running) Stop() error {
 // it started.
 func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 	r = &Running{Kind: kind}
+	started := r
 	defer func() {
 		if err != nil {
-			_ = r.Stop()
+			_ = started.Stop()
 			r = nil
 		}
 	}()
@@ -236,7 +237,8 @@ var devRedis = regexp.MustCompile(`redis-server \(pid \d+\) on ([0-9.]+:\d+)`)
 
 // BuildKeepwatch builds ./cmd/keepwatch of the module in moduleDir into dir.
 func BuildKeepwatch(ctx context.Context, moduleDir, dir string) (string, error) {
-	out := filepath.Join(dir, "keepwatch")
+	// Not "keepwatch": that is the keepwatch target's own directory in dir.
+	out := filepath.Join(dir, "bin", "keepwatch")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/keepwatch")
 	cmd.Dir = moduleDir
 	if b, err := cmd.CombinedOutput(); err != nil {
