@@ -28,7 +28,7 @@ func (c *redisConfig) register(fs *flag.FlagSet) {
 		"Redis URL; with --redis-cluster, a seed node plus ?addr=host:port for more")
 	fs.BoolVar(&c.cluster, "redis-cluster", false, "connect to a Redis Cluster")
 	fs.IntVar(&c.shards, "redis-shards", redisbuf.DefaultShards,
-		"buffer shards (hash-tagged key groups); keep it fixed for a deployment's data")
+		"buffer shards (hash-tagged key groups): fewer is faster on one Redis, use 4-8 per master on a cluster; keep it fixed for a deployment's data")
 	fs.DurationVar(&c.timeout, "redis-timeout", 2*time.Second, "timeout of each Redis round trip")
 	fs.IntVar(&c.poolSize, "redis-pool-size", 0, "connections per Redis node (0: go-redis default, 10 per CPU)")
 }

@@ -35,14 +35,21 @@ var applyScript = redis.NewScript(`
 local now = ARGV[1]
 local limit = tonumber(ARGV[2])
 local p = ARGV[3]
+local find, sub, call = string.find, string.sub, redis.call
+local W = ` + encodedLenLua + `
 local pos = 1
 local function field()
-  local e = string.find(p, '\n', pos, true)
-  local s = string.sub(p, pos, e - 1)
+  local e = find(p, '\n', pos, true)
+  local s = sub(p, pos, e - 1)
   pos = e + 1
   return s
 end
-local card = redis.call('ZCARD', KEYS[2])
+local function value()
+  local s = sub(p, pos, pos + W - 1)
+  pos = pos + W + 1
+  return s
+end
+local card = call('ZCARD', KEYS[2])
 local out = {}
 local g = 0
 while pos <= #p do
@@ -50,40 +57,63 @@ while pos <= #p do
   local hk = KEYS[2 + g]
   local user = field()
   local n = tonumber(field())
-  -- One HGET per distinct video: it tells both whether the entry is new (for
-  -- the high-water mark) and what the new state must beat.
-  local videos, vals, cur = {}, {}, {}
-  local fresh = 0
-  for j = 1, n do
+  if n == 1 then
+    -- The common case, a player's single post: no tables.
     local v = field()
-    videos[j] = v
-    vals[j] = string.sub(p, pos, pos + ` + encodedLenLua + ` - 1)
-    pos = pos + ` + encodedLenLua + ` + 1
-    if cur[v] == nil then
-      local c = redis.call('HGET', hk, v)
-      if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
-    end
-  end
-  if limit > 0 and fresh > 0 and card + fresh > limit then
-    out[g] = -1
-  else
-    local changed = 0
-    for j = 1, n do
-      local v, val = videos[j], vals[j]
-      local c = cur[v]
-      if c == false then
+    local val = value()
+    local c = call('HGET', hk, v)
+    if not c then
+      if limit > 0 and card + 1 > limit then
+        out[g] = -1
+      else
+        call('HSET', hk, v, val)
         local m = user .. '/' .. v
-        redis.call('ZADD', KEYS[1], 'NX', now, m)
-        redis.call('ZADD', KEYS[2], 'NX', now, m)
+        call('ZADD', KEYS[1], 'NX', now, m)
+        call('ZADD', KEYS[2], 'NX', now, m)
         card = card + 1
+        out[g] = 1
       end
-      if c == false or val > c then
-        redis.call('HSET', hk, v, val)
-        cur[v] = val
-        changed = changed + 1
+    elseif val > c then
+      call('HSET', hk, v, val)
+      out[g] = 1
+    else
+      out[g] = 0
+    end
+  else
+    -- One HGET per distinct video: it tells both whether the entry is new
+    -- (for the high-water mark) and what the new state must beat.
+    local videos, vals, cur = {}, {}, {}
+    local fresh = 0
+    for j = 1, n do
+      local v = field()
+      videos[j] = v
+      vals[j] = value()
+      if cur[v] == nil then
+        local c = call('HGET', hk, v)
+        if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
       end
     end
-    out[g] = changed
+    if limit > 0 and fresh > 0 and card + fresh > limit then
+      out[g] = -1
+    else
+      local changed = 0
+      for j = 1, n do
+        local v, val = videos[j], vals[j]
+        local c = cur[v]
+        if c == false then
+          local m = user .. '/' .. v
+          call('ZADD', KEYS[1], 'NX', now, m)
+          call('ZADD', KEYS[2], 'NX', now, m)
+          card = card + 1
+        end
+        if c == false or val > c then
+          call('HSET', hk, v, val)
+          cur[v] = val
+          changed = changed + 1
+        end
+      end
+      out[g] = changed
+    end
   end
 end
 return out
