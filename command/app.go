@@ -33,10 +33,10 @@ type Buffer interface {
 	Ping(ctx context.Context) error
 }
 
-// Verifier checks a bearer token and returns its user; failures are
+// Verifier checks a bearer token at a time and returns its user; failures are
 // *keepwatch.Error with code EUNAUTHORIZED.
 type Verifier interface {
-	Verify(token []byte) (userID string, err error)
+	VerifyAt(token []byte, now time.Time) (userID string, err error)
 }
 
 // Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
@@ -192,6 +192,7 @@ type handler func(c *fiber.Ctx, recv time.Time) error
 // both the latency and the receive time: on some virtual machines reading the
 // clock is a system call, and it showed in the profile.
 func (s *Service) timed(route string, h handler) fiber.Handler {
+	obs := s.m.forRoute(route)
 	return func(c *fiber.Ctx) error {
 		// fasthttp stamps each request just before calling the handler.
 		start := c.Context().Time()
@@ -206,7 +207,7 @@ func (s *Service) timed(route string, h handler) fiber.Handler {
 			s.m.reject(err)
 			_ = problem.Write(c, err)
 		}
-		s.m.observe(route, c.Response().StatusCode(), time.Since(start))
+		obs.observe(c.Response().StatusCode(), time.Since(start))
 		return nil
 	}
 }
@@ -240,13 +241,13 @@ var (
 )
 
 // user authenticates the request.
-func (s *Service) user(c *fiber.Ctx) (string, error) {
+func (s *Service) user(c *fiber.Ctx, recv time.Time) (string, error) {
 	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
 	const prefix = "Bearer "
 	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
 		return "", errNoToken
 	}
-	return s.auth.Verify(h[len(prefix):])
+	return s.auth.VerifyAt(h[len(prefix):], recv)
 }
 
 func isJSON(c *fiber.Ctx) bool {
@@ -260,7 +261,7 @@ func isJSON(c *fiber.Ctx) bool {
 
 // admit runs the checks every write shares: token, rate, content type.
 func (s *Service) admit(c *fiber.Ctx, recv time.Time, needBody bool) (string, error) {
-	user, err := s.user(c)
+	user, err := s.user(c, recv)
 	if err != nil {
 		return "", err
 	}

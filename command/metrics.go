@@ -76,6 +76,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
+// routeObserver records one route's latency; the 202 series, nearly every
+// request, is resolved up front.
+type routeObserver struct {
+	m        *metrics
+	route    string
+	accepted prometheus.Observer
+}
+
+func (m *metrics) forRoute(route string) *routeObserver {
+	return &routeObserver{m: m, route: route, accepted: m.latency.WithLabelValues("command", route, "202")}
+}
+
+func (r *routeObserver) observe(code int, d time.Duration) {
+	if code == 202 {
+		r.accepted.Observe(d.Seconds())
+		return
+	}
+	r.m.observe(r.route, code, d)
+}
+
 func (m *metrics) observe(route string, code int, d time.Duration) {
 	k := routeCode{route, code}
 	o, ok := m.observers.Load(k)
