@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Age of the oldest pending entry in the buffer: the flush lag (sampled)."}),
 		highWater: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_buffer_high_water_entries",
 			Help: "The buffer's high-water mark (0: unlimited); above it writes get 503."}),
-		ready: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready",
+		ready: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "command"},
 			Help: "1 while the service accepts traffic, 0 while starting or draining."}),
 		rejected: map[string]prometheus.Counter{},
 	}

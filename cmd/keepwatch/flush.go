@@ -105,7 +105,7 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", Help: "1 when the service is ready to work."})
+	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "flush"}, Help: "1 when the service is ready to work."})
 	gauges := newBufferGauges(reg)
 
 	var stopping atomic.Bool
