@@ -129,31 +129,10 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "flush", cfg.flushOn, "shards", buf.Shards(), "high_water", cfg.redis.highWater)
 
-	// HTTP: serve until interrupted; then readiness 503, drain delay, and a
-	// graceful shutdown that answers every in-flight request.
-	g.Add(func() error {
-		return svc.App().Listener(ln)
-	}, func(error) {
-		svc.Drain()
-		time.Sleep(cfg.drainDelay)
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-		defer cancel()
-		if err := svc.Shutdown(sctx); err != nil {
-			log.Error("shutdown", "err", err)
-		}
-		_ = client.Close()
-	})
+	addHTTP(&g, svc, ln, cfg.drainDelay, cfg.shutdownGrace, log, func() { _ = client.Close() })
 	// Buffer gauges.
 	sctx, scancel := context.WithCancel(context.Background())
 	g.Add(func() error { return svc.Run(sctx) }, func(error) { scancel() })
-	// Signals: the first SIGTERM/SIGINT stops everything.
-	sigCtx, sigCancel := context.WithCancel(ctx)
-	g.Add(func() error {
-		<-sigCtx.Done()
-		if ctx.Err() != nil {
-			log.Info("stopping", "reason", context.Cause(ctx))
-		}
-		return nil
-	}, func(error) { sigCancel() })
+	addSignal(&g, ctx, log)
 	return &g, nil
 }

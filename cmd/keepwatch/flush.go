@@ -166,15 +166,7 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 	// Buffer gauges: pending entries and the age of the oldest (flush lag).
 	gctx, gcancel := context.WithCancel(context.Background())
 	g.Add(func() error { gauges.run(gctx, buf, min(cfg.flush.Interval, 5*time.Second)); return nil }, func(error) { gcancel() })
-	// Signals.
-	sigCtx, sigCancel := context.WithCancel(ctx)
-	g.Add(func() error {
-		<-sigCtx.Done()
-		if ctx.Err() != nil {
-			log.Info("stopping", "reason", context.Cause(ctx))
-		}
-		return nil
-	}, func(error) { sigCancel() })
+	addSignal(&g, ctx, log)
 	return g.Run()
 }
 

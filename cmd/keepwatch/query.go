@@ -153,30 +153,11 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 	log.Info("listening", "addr", ln.Addr().String(), "overlay", cfg.overlay,
 		"read_preference", cfg.readPreference, "finished_threshold", cfg.threshold)
 
-	// HTTP: serve until interrupted; then readiness 503, drain delay, and a
-	// graceful shutdown that answers every in-flight request.
-	g.Add(func() error {
-		return svc.App().Listener(ln)
-	}, func(error) {
-		svc.Drain()
-		time.Sleep(cfg.drainDelay)
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-		defer cancel()
-		if err := svc.Shutdown(sctx); err != nil {
-			log.Error("shutdown", "err", err)
-		}
+	addHTTP(&g, svc, ln, cfg.drainDelay, cfg.shutdownGrace, log, func() {
 		pending.close()
 		_ = store.Close(context.Background())
 	})
-	// Signals: the first SIGTERM/SIGINT stops everything.
-	sigCtx, sigCancel := context.WithCancel(ctx)
-	g.Add(func() error {
-		<-sigCtx.Done()
-		if ctx.Err() != nil {
-			log.Info("stopping", "reason", context.Cause(ctx))
-		}
-		return nil
-	}, func(error) { sigCancel() })
+	addSignal(&g, ctx, log)
 	return &g, nil
 }
 
