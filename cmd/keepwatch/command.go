@@ -107,7 +107,7 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 		store, err := cfg.mongo.open(ctx, env, appName, true)
 		if err != nil {
 			_ = client.Close()
-			return nil, err
+			return nil, fmt.Errorf("the in-process flusher needs MongoDB (--mongo-uri); with --flush=false this service only buffers and `keepwatch flush` runs elsewhere: %w", err)
 		}
 		fl, err := startFlusher(ctx, env, &cfg.flush, buf, store, reg)
 		if err != nil {
