@@ -144,8 +144,6 @@ func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, e
 			call.keys = append(call.keys[:0], b.queueKey(s), b.ageKey(s))
 		}
 		call.keys = append(call.keys, b.userKey(s, w.UserID))
-		call.packed = append(call.packed, w.UserID...)
-		call.packed = append(call.packed, '\n')
 		call.packed = strconv.AppendInt(call.packed, int64(len(w.Entries)), 10)
 		call.packed = append(call.packed, '\n')
 		for _, e := range w.Entries {

@@ -21,8 +21,9 @@ var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 //
 // KEYS[1] = q (visibility zset), KEYS[2] = a (age zset), KEYS[2+g] = user hash of group g.
 // ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending entries (0 = none),
-// ARGV[3] = the groups packed as lines: user, n, then n × (video, encoded
-// state of keepwatch.EncodedLen bytes). Packing keeps the client from building (and the allocator from
+// ARGV[3] = the groups packed as lines: n, then n × (video, encoded state of
+// keepwatch.EncodedLen bytes). The user is the tail of the group's hash key
+// ("kw:{kwNN}:u:<user>"), read only when an entry is new. Packing keeps the client from building (and the allocator from
 // boxing) four arguments per event; '\n' cannot occur in any field (user ids
 // have no control characters, video ids and states have a fixed alphabet).
 // Returns one integer per group: the number of entries that changed the
@@ -49,13 +50,14 @@ local function value()
   pos = pos + W + 1
   return s
 end
+-- KEYS[1] is "kw:{kwNN}:q"; user hash keys are "kw:{kwNN}:u:<user>".
+local ustart = #KEYS[1] + 2
 local card = call('ZCARD', KEYS[2])
 local out = {}
 local g = 0
 while pos <= #p do
   g = g + 1
   local hk = KEYS[2 + g]
-  local user = field()
   local n = tonumber(field())
   if n == 1 then
     -- The common case, a player's single post: no tables.
@@ -67,7 +69,7 @@ while pos <= #p do
         out[g] = -1
       else
         call('HSET', hk, v, val)
-        local m = user .. '/' .. v
+        local m = sub(hk, ustart) .. '/' .. v
         call('ZADD', KEYS[1], 'NX', now, m)
         call('ZADD', KEYS[2], 'NX', now, m)
         card = card + 1
@@ -101,7 +103,7 @@ while pos <= #p do
         local v, val = videos[j], vals[j]
         local c = cur[v]
         if c == false then
-          local m = user .. '/' .. v
+          local m = sub(hk, ustart) .. '/' .. v
           call('ZADD', KEYS[1], 'NX', now, m)
           call('ZADD', KEYS[2], 'NX', now, m)
           card = card + 1
