@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,7 +52,7 @@ func exportedMetrics(t *testing.T) *metricSet {
 		}
 		cmd := exec.Command(bin, args...)
 		cmd.Env = env
-		logs := &lockedBuilder{}
+		logs := &testenv.Output{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -83,26 +82,7 @@ func exportedMetrics(t *testing.T) *metricSet {
 	return ms
 }
 
-// lockedBuilder collects a child's output; the child writes from another
-// goroutine while the test may read it.
-type lockedBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuilder) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuilder) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func waitReady(t *testing.T, url string, exited <-chan error, logs *lockedBuilder) {
+func waitReady(t *testing.T, url string, exited <-chan error, logs *testenv.Output) {
 	t.Helper()
 	for {
 		resp, err := http.Get(url)

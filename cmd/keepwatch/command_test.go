@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,29 +19,10 @@ import (
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
 
-// syncBuffer is a bytes.Buffer safe to write from Main's goroutines while the
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startMain runs Main in the background; the returned channel yields its exit code.
-func startMain(t *testing.T, ctx context.Context, args ...string) (<-chan int, *syncBuffer) {
+func startMain(t *testing.T, ctx context.Context, args ...string) (<-chan int, *testenv.Output) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &testenv.Output{}
 	env := &environment{stdout: out, stderr: out, getenv: func(string) string { return "" },
 		logger: slog.New(slog.NewTextHandler(out, nil))}
 	done := make(chan int, 1)
@@ -161,7 +140,7 @@ func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	base := "http://" + addr
 	cmd := exec.Command(bin, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(), "--auth-secret", "s")
-	var logs syncBuffer
+	var logs testenv.Output
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), "KEEPWATCH_REDIS_TIMEOUT=10s")
 	if err := cmd.Start(); err != nil {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,28 +16,10 @@ import (
 	"github.com/keepwatch/keepwatch/internal/testenv"
 )
 
-// devOutput collects what a running Main prints, safely for concurrent reads.
-type devOutput struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (o *devOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *devOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // devRun is one `keepwatch dev` run through Main, stopped like Ctrl-C.
 type devRun struct {
 	t           *testing.T
-	out         *devOutput
+	out         *testenv.Output
 	cancel      context.CancelFunc
 	code        chan int
 	cmdURL      string
@@ -58,7 +39,7 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devRun {
 	cmdAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	queryAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &devRun{t: t, out: &devOutput{}, cancel: cancel, code: make(chan int, 1),
+	r := &devRun{t: t, out: &testenv.Output{}, cancel: cancel, code: make(chan int, 1),
 		cmdURL: "http://" + cmdAddr, queryURL: "http://" + queryAddr}
 	env := &environment{stdout: r.out, stderr: r.out, getenv: func(string) string { return "" },
 		logger: slog.New(slog.NewTextHandler(io.Discard, nil))}

@@ -26,22 +26,9 @@ import (
 // percents reads the percent of every progress document.
 func percents(t *testing.T, db *mgo.Database) map[string]float64 {
 	t.Helper()
-	cur, err := db.Collection(mongo.ProgressCollection).Find(context.Background(), bson.D{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var docs []struct {
-		ID string `bson:"_id"`
-		S  struct {
-			P float64 `bson:"p"`
-		} `bson:"s"`
-	}
-	if err := cur.All(context.Background(), &docs); err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, d := range docs {
-		out[d.ID] = d.S.P
+	for id, st := range testenv.ProgressStates(t, db) {
+		out[id] = st.Percent
 	}
 	return out
 }

@@ -120,33 +120,7 @@ func (e *env) pending() int64 {
 // stored reads every progress document.
 func (e *env) stored() map[string]keepwatch.State {
 	e.t.Helper()
-	return readProgress(e.t, e.store.Database())
-}
-
-func readProgress(t testing.TB, db *mgo.Database) map[string]keepwatch.State {
-	t.Helper()
-	cur, err := db.Collection(mongo.ProgressCollection).Find(context.Background(), bson.D{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var docs []struct {
-		ID string `bson:"_id"`
-		S  struct {
-			T   int64   `bson:"t"`
-			K   int32   `bson:"k"`
-			P   float64 `bson:"p"`
-			Pos float64 `bson:"pos"`
-			Dur float64 `bson:"dur"`
-		} `bson:"s"`
-	}
-	if err := cur.All(context.Background(), &docs); err != nil {
-		t.Fatal(err)
-	}
-	out := make(map[string]keepwatch.State, len(docs))
-	for _, d := range docs {
-		out[d.ID] = keepwatch.State{EventTime: d.S.T, Kind: keepwatch.Kind(d.S.K), Percent: d.S.P, Position: d.S.Pos, Duration: d.S.Dur}
-	}
-	return out
+	return testenv.ProgressStates(e.t, e.store.Database())
 }
 
 // checkConverged fails unless MongoDB holds exactly the newest state of every

@@ -42,38 +42,6 @@ func st(t int64, pct float64) keepwatch.State {
 	return keepwatch.State{EventTime: t, Percent: pct, Position: pct * 10, Duration: 1000}
 }
 
-// stored reads every progress document as a map id → state.
-func stored(t testing.TB, s *mongo.Store) map[string]keepwatch.State {
-	t.Helper()
-	cur, err := s.Database().Collection(mongo.ProgressCollection).Find(context.Background(), bson.D{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var docs []struct {
-		ID string `bson:"_id"`
-		U  string `bson:"u"`
-		V  string `bson:"v"`
-		S  struct {
-			T   int64   `bson:"t"`
-			K   int32   `bson:"k"`
-			P   float64 `bson:"p"`
-			Pos float64 `bson:"pos"`
-			Dur float64 `bson:"dur"`
-		} `bson:"s"`
-	}
-	if err := cur.All(context.Background(), &docs); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]keepwatch.State{}
-	for _, d := range docs {
-		if d.ID != keepwatch.ID(d.U, d.V) {
-			t.Fatalf("document %q has u=%q v=%q", d.ID, d.U, d.V)
-		}
-		out[d.ID] = keepwatch.State{EventTime: d.S.T, Kind: keepwatch.Kind(d.S.K), Percent: d.S.P, Position: d.S.Pos, Duration: d.S.Dur}
-	}
-	return out
-}
-
 func TestWriteProgressNewestWins(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, testenv.StartMongo(t), mongo.Options{})
@@ -105,7 +73,7 @@ func TestWriteProgressNewestWins(t *testing.T) {
 		if res.Written != step.written || res.Stale != step.stale || len(res.Failed) != 0 {
 			t.Fatalf("%s: result %+v, want written %d stale %d", step.name, res, step.written, step.stale)
 		}
-		got := stored(t, s)
+		got := testenv.ProgressStates(t, s.Database())
 		if got["u1/a"] != step.wantA || got["u1/b"] != step.want {
 			t.Fatalf("%s: stored a=%+v b=%+v, want a=%+v b=%+v", step.name, got["u1/a"], got["u1/b"], step.wantA, step.want)
 		}
@@ -136,7 +104,7 @@ func TestWriteProgressChunks(t *testing.T) {
 	if err != nil || res.Written != 100 || res.Stale != 0 {
 		t.Fatalf("update: %+v, %v", res, err)
 	}
-	if got := stored(t, s); len(got) != 100 || got["user0/v0"].EventTime != 1001 {
+	if got := testenv.ProgressStates(t, s.Database()); len(got) != 100 || got["user0/v0"].EventTime != 1001 {
 		t.Fatalf("stored %d documents, user0/v0 = %+v", len(got), got["user0/v0"])
 	}
 }
@@ -170,7 +138,7 @@ func TestWriteProgressIsolatesPermanentFailures(t *testing.T) {
 	if !m.Embedded && res.Written != 3 {
 		t.Fatalf("result %+v, want 3 written", res)
 	}
-	got := stored(t, s)
+	got := testenv.ProgressStates(t, s.Database())
 	if _, ok := got["bob/x"]; ok || got["bob/w"] != st(5, 5) || got["bob/y"] != st(5, 5) || got["alice/x"] != st(5, 5) {
 		t.Fatalf("stored %v", got)
 	}
