@@ -74,6 +74,7 @@ type Service struct {
 	commit  *committer
 	parsers fastjson.ParserPool
 	m       *metrics
+	gauges  *BufferGauges
 	log     *slog.Logger
 	ready   atomic.Bool
 	// clock, when set (tests), replaces the receive time of requests.
@@ -115,7 +116,7 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("command: %w", err)
 	}
-	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log}
+	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), gauges: NewBufferGauges(reg), log: log}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
 	s.commit = newCommitter(cfg.Commit, buf, func(n int, d time.Duration) {
 		s.m.commitSize.Observe(float64(n))
@@ -400,34 +401,10 @@ func queryMillis(c *fiber.Ctx, name string, errs *[]keepwatch.FieldError) int64 
 	return n
 }
 
-// Run samples the buffer's gauges until ctx is done. Errors are logged at
-// most once per minute: a Redis outage shows in /readyz and in 503 counts.
+// Run samples the buffer's gauges until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.StatsInterval)
-	defer t.Stop()
-	var lastLog time.Time
-	for {
-		sctx, cancel := context.WithTimeout(ctx, s.cfg.StatsInterval)
-		st, err := s.buf.Stats(sctx)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil && time.Since(lastLog) > time.Minute:
-			s.log.Warn("sample buffer stats", "err", err)
-			lastLog = time.Now()
-		case err == nil:
-			s.m.pending.Set(float64(st.Pending))
-			age := 0.0
-			if !st.Oldest.IsZero() {
-				age = max(0, time.Since(st.Oldest).Seconds())
-			}
-			s.m.oldestAge.Set(age)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	s.gauges.Run(ctx, s.buf, s.cfg.StatsInterval, s.log)
+	return nil
 }
 
 // Drain turns readiness off, so load balancers stop sending traffic.

@@ -29,8 +29,6 @@ type metrics struct {
 	latency    *prometheus.HistogramVec
 	commitSize prometheus.Histogram
 	commitDur  prometheus.Histogram
-	pending    prometheus.Gauge
-	oldestAge  prometheus.Gauge
 	highWater  prometheus.Gauge
 	ready      prometheus.Gauge
 
@@ -57,10 +55,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Requests carried by one group-commit round trip to Redis.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
 		commitDur: f.NewHistogram(prometheus.HistogramOpts{Name: "keepwatch_commit_duration_seconds",
 			Help: "Duration of one group-commit round trip to Redis.", Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14)}),
-		pending: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_buffer_pending_entries",
-			Help: "Entries pending in the Redis buffer (sampled)."}),
-		oldestAge: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_buffer_oldest_pending_age_seconds",
-			Help: "Age of the oldest pending entry in the buffer: the flush lag (sampled)."}),
 		highWater: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_buffer_high_water_entries",
 			Help: "The buffer's high-water mark (0: unlimited); above it writes get 503."}),
 		ready: f.NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "command"},

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/command/flush"
 	"github.com/keepwatch/keepwatch/storage/mongo"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
@@ -106,7 +107,7 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "flush"}, Help: "1 when the service is ready to work."})
-	gauges := newBufferGauges(reg)
+	gauges := command.NewBufferGauges(reg)
 
 	var stopping atomic.Bool
 	mux := http.NewServeMux()
@@ -165,49 +166,7 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 	})
 	// Buffer gauges: pending entries and the age of the oldest (flush lag).
 	gctx, gcancel := context.WithCancel(context.Background())
-	g.Add(func() error { gauges.run(gctx, buf, min(cfg.flush.Interval, 5*time.Second)); return nil }, func(error) { gcancel() })
+	g.Add(func() error { gauges.Run(gctx, buf, min(cfg.flush.Interval, 5*time.Second), log); return nil }, func(error) { gcancel() })
 	addSignal(&g, ctx, log)
 	return g.Run()
-}
-
-// bufferGauges report the buffer's backlog from the flusher's side, for a
-// `keepwatch flush` that runs without the command API.
-type bufferGauges struct {
-	pending prometheus.Gauge
-	age     prometheus.Gauge
-}
-
-func newBufferGauges(reg prometheus.Registerer) *bufferGauges {
-	f := promauto.With(reg)
-	return &bufferGauges{
-		pending: f.NewGauge(prometheus.GaugeOpts{
-			Name: "keepwatch_buffer_pending_entries", Help: "Entries in the Redis buffer not yet written to MongoDB.",
-		}),
-		age: f.NewGauge(prometheus.GaugeOpts{
-			Name: "keepwatch_buffer_oldest_pending_age_seconds", Help: "Age of the oldest pending entry (flush lag).",
-		}),
-	}
-}
-
-func (g *bufferGauges) run(ctx context.Context, buf *redisbuf.Buffer, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		sctx, cancel := context.WithTimeout(ctx, every)
-		st, err := buf.Stats(sctx)
-		cancel()
-		if err == nil {
-			g.pending.Set(float64(st.Pending))
-			if st.Oldest.IsZero() {
-				g.age.Set(0)
-			} else {
-				g.age.Set(time.Since(st.Oldest).Seconds())
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
