@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/oklog/run"
@@ -15,12 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/internal/auth"
 	"github.com/keepwatch/keepwatch/query"
 	"github.com/keepwatch/keepwatch/storage/mongo"
-	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
 
 // queryConfig is every flag of `keepwatch query`.
@@ -110,18 +106,29 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		_ = store.Close(context.WithoutCancel(ctx))
 		return nil, usageError{err.Error()}
 	}
-	var g run.Group
-	pending := &lazyPending{}
+	var (
+		g       run.Group
+		client  redis.UniversalClient
+		pending query.Pending
+	)
 	if cfg.overlay {
-		if err := pending.connect(ctx, &cfg.redis); err != nil {
-			if errors.As(err, new(usageError)) {
-				_ = store.Close(context.WithoutCancel(ctx))
-				return nil, err
-			}
-			// Redis is optional for reads: serve from MongoDB and keep trying.
+		c, buf, err := cfg.redis.dial()
+		if err != nil {
+			_ = store.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+		client, pending = c, buf
+		// Redis is optional for reads: the client reconnects by itself, and
+		// until it does answers come from MongoDB alone.
+		pctx, cancel := context.WithTimeout(ctx, cfg.redis.timeout)
+		if err := buf.Ping(pctx); err != nil {
 			log.Warn("redis unreachable: answering from mongodb alone until it answers", "err", err)
-			rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-			g.Add(func() error { pending.reconnect(rctx, &cfg.redis, log.Info); return nil }, func(error) { cancel() })
+		}
+		cancel()
+	}
+	closeRedis := func() {
+		if client != nil {
+			_ = client.Close()
 		}
 	}
 
@@ -139,14 +146,14 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		Logger:            log,
 	}, query.Deps{Store: reader, Pending: pending, Verifier: verifier, Ready: store.Ping})
 	if err != nil {
-		pending.close()
+		closeRedis()
 		_ = store.Close(context.WithoutCancel(ctx))
 		return nil, usageError{err.Error()}
 	}
 
 	ln, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {
-		pending.close()
+		closeRedis()
 		_ = store.Close(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
@@ -154,63 +161,9 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		"read_preference", cfg.readPreference, "finished_threshold", cfg.threshold)
 
 	addHTTP(&g, svc, ln, cfg.drainDelay, cfg.shutdownGrace, log, func() {
-		pending.close()
+		closeRedis()
 		_ = store.Close(context.Background())
 	})
 	addSignal(&g, ctx, log)
 	return &g, nil
-}
-
-// lazyPending is the Redis buffer once it could be reached: until then every
-// read fails as unavailable and the query service answers from MongoDB.
-type lazyPending struct {
-	buf    atomic.Pointer[redisbuf.Buffer]
-	client atomic.Pointer[redis.UniversalClient]
-}
-
-// errNoRedis is what reads get before Redis was first reached.
-var errNoRedis = fmt.Errorf("read pending entries: %w: redis not connected yet", keepwatch.ErrUnavailable)
-
-// Pending implements query.Pending.
-func (p *lazyPending) Pending(ctx context.Context, userID string) ([]keepwatch.Progress, error) {
-	b := p.buf.Load()
-	if b == nil {
-		return nil, errNoRedis
-	}
-	return b.Pending(ctx, userID)
-}
-
-func (p *lazyPending) connect(ctx context.Context, cfg *redisConfig) error {
-	client, buf, err := cfg.open(ctx)
-	if err != nil {
-		return err
-	}
-	p.client.Store(&client)
-	p.buf.Store(buf)
-	return nil
-}
-
-// reconnect retries connect every few seconds until it succeeds, then waits
-// for ctx to end: a run group actor that returns stops the group.
-func (p *lazyPending) reconnect(ctx context.Context, cfg *redisConfig, logf func(string, ...any)) {
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if p.connect(ctx, cfg) == nil {
-				logf("redis reachable: overlay on")
-				<-ctx.Done()
-				return
-			}
-		}
-	}
-}
-
-func (p *lazyPending) close() {
-	if c := p.client.Load(); c != nil {
-		_ = (*c).Close()
-	}
 }

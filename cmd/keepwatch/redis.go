@@ -42,6 +42,22 @@ func (c *redisConfig) registerHighWater(fs *flag.FlagSet) {
 
 // open connects and checks that Redis answers.
 func (c *redisConfig) open(ctx context.Context) (redis.UniversalClient, *redisbuf.Buffer, error) {
+	client, buf, err := c.dial()
+	if err != nil {
+		return nil, nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := buf.Ping(pctx); err != nil {
+		_ = client.Close()
+		return nil, nil, fmt.Errorf("connect to redis: %w", err)
+	}
+	return client, buf, nil
+}
+
+// dial builds the client and the buffer without talking to Redis; the client
+// connects on first use and reconnects by itself.
+func (c *redisConfig) dial() (redis.UniversalClient, *redisbuf.Buffer, error) {
 	var client redis.UniversalClient
 	if c.cluster {
 		o, err := redis.ParseClusterURL(c.url)
@@ -68,12 +84,6 @@ func (c *redisConfig) open(ctx context.Context) (redis.UniversalClient, *redisbu
 	if err != nil {
 		_ = client.Close()
 		return nil, nil, usageError{err.Error()}
-	}
-	pctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	if err := buf.Ping(pctx); err != nil {
-		_ = client.Close()
-		return nil, nil, fmt.Errorf("connect to redis: %w", err)
 	}
 	return client, buf, nil
 }
