@@ -130,7 +130,7 @@ func TestCommandRefusesBadConfig(t *testing.T) {
 // exits 0.
 func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the binary")
+		t.Skip("-short: builds the keepwatch binary with go build to send it a real SIGTERM (slow on a cold cache); CI runs it")
 	}
 	bin := filepath.Join(t.TempDir(), "keepwatch")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -157,7 +157,7 @@ func StartRedisCluster(t testing.TB) *RedisCluster {
 	t.Helper()
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
-		t.Skip("redis-cli is not on PATH: cannot create a Redis Cluster here")
+		t.Skip("redis-cli is not on PATH, and it is what joins the three nodes into a cluster: install Debian's redis-tools (.ci/run installs redis-server, which brings it)")
 	}
 	c := &RedisCluster{}
 	for i := 0; i < 3; i++ {
@@ -171,7 +171,7 @@ func StartRedisCluster(t testing.TB) *RedisCluster {
 	out, err := exec.Command(cli, args...).CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "cluster support disabled") || strings.Contains(string(out), "unknown command") {
-			t.Skipf("this redis-server lacks cluster mode: %s", out)
+			t.Skipf("this redis-server was built without cluster mode, so the cluster contract suite cannot run here: %s", out)
 		}
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}

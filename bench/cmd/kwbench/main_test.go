@@ -45,7 +45,7 @@ func buildKeepwatch(t *testing.T) string {
 // and the baselines and checks that every figure is present and sane.
 func TestFleetEndToEnd(t *testing.T) {
 	if testing.Short() {
-		t.Skip("end-to-end run (builds keepwatch, starts servers)")
+		t.Skip("-short: this end-to-end fleet run builds keepwatch and starts keepwatch dev, redis-server and two baselines (~20 s); CI runs it")
 	}
 	kw := buildKeepwatch(t)
 	dir := t.TempDir()
@@ -130,10 +130,10 @@ func TestFleetEndToEnd(t *testing.T) {
 // TestCompareEndToEnd runs the wrk comparison briefly; it needs wrk.
 func TestCompareEndToEnd(t *testing.T) {
 	if testing.Short() {
-		t.Skip("end-to-end run")
+		t.Skip("-short: this end-to-end compare run builds keepwatch and starts three servers under wrk (~15 s); CI runs it")
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
-		t.Skip("wrk is not installed (apt-get install wrk)")
+		t.Skip("wrk is not on PATH, so there is no load to drive: apt-get install wrk (.ci/run installs it, so CI never skips this)")
 	}
 	kw := buildKeepwatch(t)
 	dir := t.TempDir()
