@@ -55,13 +55,14 @@ type Buffer struct {
 	tags       []string // "kw:{kwNN}:" per shard
 	queueKeys  []string
 	ageKeys    []string
+	cluster    bool      // c may spread shards over servers: one script call per shard
 	scratch    sync.Pool // *applyScratch
 }
 
-// DefaultShards is the shard count when Options.Shards is 0. Each shard costs
-// one script call per group commit, so on a single Redis fewer shards are
-// faster (measured: 1 shard +23%, 4 shards +15% throughput over 16); on a
-// Redis Cluster use several shards per master so they spread over the masters.
+// DefaultShards is the shard count when Options.Shards is 0. On a single
+// Redis a group commit is one script call whatever the count; on a Redis
+// Cluster each shard a commit touches costs a call, and several shards per
+// master spread the keys over the masters.
 const DefaultShards = 4
 
 // New returns a buffer on c.
@@ -88,7 +89,12 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 		b.queueKeys = append(b.queueKeys, tag+"q")
 		b.ageKeys = append(b.ageKeys, tag+"a")
 	}
-	b.scratch.New = func() any { return &applyScratch{calls: make([]shardCall, o.Shards)} }
+	// A *redis.Client talks to one server (or a failover set), where a
+	// script may touch every shard; any other client may spread keys over
+	// servers and gets one call per shard.
+	_, single := c.(*redis.Client)
+	b.cluster = !single
+	b.scratch.New = func() any { return &applyScratch{sections: make([]shardSection, o.Shards)} }
 	return b, nil
 }
 
@@ -119,8 +125,9 @@ type Write = keepwatch.Write
 // Entry is one video's new state.
 type Entry = keepwatch.Entry
 
-// Apply stores writes, each all-or-nothing, in one round trip per shard
-// involved (pipelined together). perWrite[i] is nil when writes[i] is stored
+// Apply stores writes, each all-or-nothing, in one round trip: one script
+// call on a single Redis, one per shard involved (pipelined together) on a
+// Redis Cluster. perWrite[i] is nil when writes[i] is stored
 // (or was older than what is pending, which is the same outcome: the newest
 // state is kept) and keepwatch.ErrBufferFull when it would have grown the
 // buffer past its high-water mark. err is non-nil, wrapping
@@ -132,42 +139,62 @@ func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, e
 	sc := b.scratch.Get().(*applyScratch)
 	defer b.scratch.Put(sc)
 	sc.reset()
-	now := strconv.FormatInt(b.now().UnixMilli(), 10)
 	for i, w := range writes {
 		if len(w.Entries) == 0 {
 			continue
 		}
 		s := b.ShardOf(w.UserID)
-		call := &sc.calls[s]
-		if len(call.writes) == 0 {
+		sec := &sc.sections[s]
+		if len(sec.writes) == 0 {
 			sc.touched = append(sc.touched, s)
-			call.keys = append(call.keys[:0], b.queueKey(s), b.ageKey(s))
 		}
-		call.keys = append(call.keys, b.userKey(s, w.UserID))
-		call.packed = strconv.AppendInt(call.packed, int64(len(w.Entries)), 10)
-		call.packed = append(call.packed, '\n')
+		sec.users = append(sec.users, b.userKey(s, w.UserID))
+		sec.packed = strconv.AppendInt(sec.packed, int64(len(w.Entries)), 10)
+		sec.packed = append(sec.packed, '\n')
 		for _, e := range w.Entries {
-			call.packed = append(call.packed, e.VideoID...)
-			call.packed = append(call.packed, '\n')
-			call.packed = e.State.AppendEncode(call.packed)
-			call.packed = append(call.packed, '\n')
+			sec.packed = append(sec.packed, e.VideoID...)
+			sec.packed = append(sec.packed, '\n')
+			sec.packed = e.State.AppendEncode(sec.packed)
+			sec.packed = append(sec.packed, '\n')
 		}
-		call.writes = append(call.writes, i)
+		sec.writes = append(sec.writes, i)
 	}
 	if len(sc.touched) == 0 {
 		return perWrite, nil
 	}
+	// Calls are formed from sections: all of them in one call on a single
+	// Redis, one each on a cluster.
+	now := strconv.FormatInt(b.now().UnixMilli(), 10)
+	var call *scriptCall
+	for n, s := range sc.touched {
+		if n == 0 || b.cluster {
+			sc.calls = append(sc.calls, scriptCall{})
+			call = &sc.calls[len(sc.calls)-1]
+		}
+		sec := &sc.sections[s]
+		sc.keys = append(sc.keys, b.queueKey(s), b.ageKey(s))
+		sc.keys = append(sc.keys, sec.users...)
+		sc.packed = strconv.AppendInt(sc.packed, int64(len(sec.writes)), 10)
+		sc.packed = append(sc.packed, '\n')
+		sc.packed = append(sc.packed, sec.packed...)
+		sc.writes = append(sc.writes, sec.writes...)
+		call.keysEnd, call.packedEnd, call.writesEnd = len(sc.keys), len(sc.packed), len(sc.writes)
+	}
 	pipe := b.c.Pipeline()
-	for _, s := range sc.touched {
-		call := &sc.calls[s]
-		call.args = []any{now, b.shardLimit, string(call.packed)}
+	var k, p int
+	for i := range sc.calls {
+		call := &sc.calls[i]
+		call.keys = sc.keys[k:call.keysEnd]
+		call.args = []any{now, b.shardLimit, string(sc.packed[p:call.packedEnd])}
 		call.cmd = applyScript.EvalSha(ctx, pipe, call.keys, call.args...)
+		k, p = call.keysEnd, call.packedEnd
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
 		return perWrite, unavailable("apply writes", err)
 	}
-	for _, s := range sc.touched {
-		call := &sc.calls[s]
+	w := 0
+	for i := range sc.calls {
+		call := &sc.calls[i]
 		cmd := call.cmd
 		if isNoScript(cmd.Err()) {
 			// First use on this server (or after SCRIPT FLUSH or a
@@ -178,12 +205,14 @@ func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, e
 		if err != nil {
 			return perWrite, unavailable("apply writes", err)
 		}
-		if len(res) != len(call.writes) {
-			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(call.writes))
+		idx := sc.writes[w:call.writesEnd]
+		w = call.writesEnd
+		if len(res) != len(idx) {
+			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(idx))
 		}
 		for j, r := range res {
 			if r < 0 {
-				perWrite[call.writes[j]] = keepwatch.ErrBufferFull
+				perWrite[idx[j]] = keepwatch.ErrBufferFull
 			}
 		}
 	}
@@ -193,24 +222,38 @@ func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, e
 // applyScratch is the per-call working memory of Apply, pooled because Apply
 // runs once per group commit and its buffers reach a steady size.
 type applyScratch struct {
-	calls   []shardCall // indexed by shard
-	touched []int
-}
-
-type shardCall struct {
+	sections []shardSection // indexed by shard
+	touched  []int
+	calls    []scriptCall
+	// The calls' keys, packed argument and write indexes, back to back.
 	keys   []string
 	packed []byte
 	writes []int
-	args   []any
-	cmd    *redis.Cmd
+}
+
+// shardSection is one shard's part of a group commit.
+type shardSection struct {
+	users  []string // user hash keys, one per group
+	packed []byte   // the groups, packed as applyScript reads them
+	writes []int    // index in writes of each group
+}
+
+// scriptCall is one applyScript call: the sections up to its ends.
+type scriptCall struct {
+	keysEnd, packedEnd, writesEnd int
+	keys                          []string
+	args                          []any
+	cmd                           *redis.Cmd
 }
 
 func (sc *applyScratch) reset() {
 	for _, s := range sc.touched {
-		c := &sc.calls[s]
-		c.keys, c.packed, c.writes, c.args, c.cmd = c.keys[:0], c.packed[:0], c.writes[:0], nil, nil
+		sec := &sc.sections[s]
+		sec.users, sec.packed, sec.writes = sec.users[:0], sec.packed[:0], sec.writes[:0]
 	}
-	sc.touched = sc.touched[:0]
+	clear(sc.calls)
+	sc.touched, sc.calls = sc.touched[:0], sc.calls[:0]
+	sc.keys, sc.packed, sc.writes = sc.keys[:0], sc.packed[:0], sc.writes[:0]
 }
 
 // Claim is a leased batch of one shard's pending entries.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -182,6 +183,54 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		}
 		if got := pendingMap(t, b, u); len(got) != 0 {
 			t.Fatalf("pending = %+v", got)
+		}
+	})
+	t.Run("one apply over many shards answers each write for itself", func(t *testing.T) {
+		reset(t)
+		// 4 entries over 4 shards: each shard holds at most one.
+		b := newBuffer(t, c, redisbuf.Options{Shards: 4, HighWater: 4})
+		// Two users per shard, so groups of one shard interleave with others'.
+		users := map[int][]string{}
+		for found := 0; found < 8; {
+			u := fmt.Sprintf("user-%d", rand.Int())
+			if s := b.ShardOf(u); len(users[s]) < 2 {
+				users[s] = append(users[s], u)
+				found++
+			}
+		}
+		// Shard 0 is full with users[0][0]'s entry.
+		if err := apply(t, b, users[0][0], redisbuf.Entry{VideoID: "old", State: st(1, 1)}); err != nil {
+			t.Fatal(err)
+		}
+		ws := []redisbuf.Write{
+			{UserID: users[1][0], Entries: []redisbuf.Entry{{VideoID: "v", State: st(5, 5)}}},
+			{UserID: users[0][1], Entries: []redisbuf.Entry{{VideoID: "v", State: st(5, 5)}}}, // shard 0 full: refused
+			{UserID: users[2][0], Entries: []redisbuf.Entry{{VideoID: "v", State: st(5, 5)}, {VideoID: "v", State: st(6, 6)}}},
+			{UserID: users[0][0], Entries: []redisbuf.Entry{{VideoID: "old", State: st(9, 9)}}}, // an update: accepted
+			{UserID: users[1][1], Entries: []redisbuf.Entry{{VideoID: "w", State: st(5, 5)}}},   // shard 1 filled above: refused
+			{UserID: users[3][0]},
+		}
+		per, err := b.Apply(ctx, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []error{nil, keepwatch.ErrBufferFull, nil, nil, keepwatch.ErrBufferFull, nil}
+		for i := range ws {
+			if !errors.Is(per[i], want[i]) || (want[i] == nil && per[i] != nil) {
+				t.Errorf("write %d (%s, shard %d): %v, want %v", i, ws[i].UserID, b.ShardOf(ws[i].UserID), per[i], want[i])
+			}
+		}
+		wantPending := map[string]map[string]keepwatch.State{
+			users[1][0]: {"v": st(5, 5)},
+			users[0][1]: {},
+			users[2][0]: {"v": st(6, 6)},
+			users[0][0]: {"old": st(9, 9)},
+			users[1][1]: {},
+		}
+		for u, w := range wantPending {
+			if got := pendingMap(t, b, u); !maps.Equal(got, w) {
+				t.Errorf("%s (shard %d) pending %+v, want %+v", u, b.ShardOf(u), got, w)
+			}
 		}
 	})
 	t.Run("high-water mark refuses growth, all or nothing", func(t *testing.T) {

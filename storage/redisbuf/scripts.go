@@ -12,23 +12,32 @@ import (
 // width, so the script slices them instead of searching for a separator.
 var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 
-// Every script touches only keys of one shard: they all carry the shard's hash
-// tag, so each script call lives in one cluster slot. Keys are always passed in
-// KEYS (never built inside a script) so Redis Cluster can route and check them.
+// On a Redis Cluster every script call touches only keys of one shard: they
+// all carry the shard's hash tag, so the call lives in one cluster slot. Keys
+// are always passed in KEYS (never built inside a script) so Redis Cluster can
+// route and check them.
 
 // applyScript applies groups of entries, each group one request's events for
 // one user, all-or-nothing per group.
 //
-// KEYS[1] = q (visibility zset), KEYS[2] = a (age zset), KEYS[2+g] = user hash of group g.
-// ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending entries (0 = none),
-// ARGV[3] = the groups packed as lines: n, then n × (video, encoded state of
+// The call carries one or more shard sections. On a Redis Cluster every call
+// has one section (one slot); on a single Redis one call carries every shard
+// the group commit touched, because each script call costs Redis about as
+// much as six events do, and Redis' CPU is what bounds the command side.
+//
+// KEYS, per section: q (visibility zset), a (age zset), then the user hash of
+// each of its groups. ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending
+// entries (0 = none), ARGV[3] = the sections packed as lines: the number of
+// groups, then per group: n, then n × (video, encoded state of
 // keepwatch.EncodedLen bytes). The user is the tail of the group's hash key
-// ("kw:{kwNN}:u:<user>"), read only when an entry is new. Packing keeps the client from building (and the allocator from
-// boxing) four arguments per event; '\n' cannot occur in any field (user ids
-// have no control characters, video ids and states have a fixed alphabet).
-// Returns one integer per group: the number of entries that changed the
-// buffer (0 when every entry was older than what is pending), or -1 when the
-// group would add entries past the limit (nothing of it is applied).
+// ("kw:{kwNN}:u:<user>"), read only when an entry is new. Packing keeps the
+// client from building (and the allocator from boxing) four arguments per
+// event; '\n' cannot occur in any field (user ids have no control
+// characters, video ids and states have a fixed alphabet).
+// Returns one integer per group, in order: the number of entries that changed
+// the buffer (0 when every entry was older than what is pending), or -1 when
+// the group would add entries past its shard's limit (nothing of it is
+// applied).
 //
 // Encoded states have a fixed width, so comparing them as strings compares
 // event time first and then the tie-break fields (keepwatch.State.Compare).
@@ -50,73 +59,79 @@ local function value()
   pos = pos + W + 1
   return s
 end
--- KEYS[1] is "kw:{kwNN}:q"; user hash keys are "kw:{kwNN}:u:<user>".
-local ustart = #KEYS[1] + 2
-local card = call('ZCARD', KEYS[2])
 local out = {}
 local g = 0
+local k = 0
 while pos <= #p do
-  g = g + 1
-  local hk = KEYS[2 + g]
-  local n = tonumber(field())
-  if n == 1 then
-    -- The common case, a player's single post: no tables.
-    local v = field()
-    local val = value()
-    local c = call('HGET', hk, v)
-    if not c then
-      if limit > 0 and card + 1 > limit then
+  local groups = tonumber(field())
+  local qk, ak = KEYS[k + 1], KEYS[k + 2]
+  -- qk is "kw:{kwNN}:q"; user hash keys are "kw:{kwNN}:u:<user>".
+  local ustart = #qk + 2
+  local card = call('ZCARD', ak)
+  for i = 1, groups do
+    g = g + 1
+    local hk = KEYS[k + 2 + i]
+    local n = tonumber(field())
+    if n == 1 then
+      -- The common case, a player's single post: no tables.
+      local v = field()
+      local val = value()
+      local c = call('HGET', hk, v)
+      if not c then
+        if limit > 0 and card + 1 > limit then
+          out[g] = -1
+        else
+          call('HSET', hk, v, val)
+          local m = sub(hk, ustart) .. '/' .. v
+          call('ZADD', qk, 'NX', now, m)
+          call('ZADD', ak, 'NX', now, m)
+          card = card + 1
+          out[g] = 1
+        end
+      elseif val > c then
+        call('HSET', hk, v, val)
+        out[g] = 1
+      else
+        out[g] = 0
+      end
+    else
+      -- One HGET per distinct video: it tells both whether the entry is new
+      -- (for the high-water mark) and what the new state must beat.
+      local videos, vals, cur = {}, {}, {}
+      local fresh = 0
+      for j = 1, n do
+        local v = field()
+        videos[j] = v
+        vals[j] = value()
+        if cur[v] == nil then
+          local c = call('HGET', hk, v)
+          if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
+        end
+      end
+      if limit > 0 and fresh > 0 and card + fresh > limit then
         out[g] = -1
       else
-        call('HSET', hk, v, val)
-        local m = sub(hk, ustart) .. '/' .. v
-        call('ZADD', KEYS[1], 'NX', now, m)
-        call('ZADD', KEYS[2], 'NX', now, m)
-        card = card + 1
-        out[g] = 1
-      end
-    elseif val > c then
-      call('HSET', hk, v, val)
-      out[g] = 1
-    else
-      out[g] = 0
-    end
-  else
-    -- One HGET per distinct video: it tells both whether the entry is new
-    -- (for the high-water mark) and what the new state must beat.
-    local videos, vals, cur = {}, {}, {}
-    local fresh = 0
-    for j = 1, n do
-      local v = field()
-      videos[j] = v
-      vals[j] = value()
-      if cur[v] == nil then
-        local c = call('HGET', hk, v)
-        if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
-      end
-    end
-    if limit > 0 and fresh > 0 and card + fresh > limit then
-      out[g] = -1
-    else
-      local changed = 0
-      for j = 1, n do
-        local v, val = videos[j], vals[j]
-        local c = cur[v]
-        if c == false then
-          local m = sub(hk, ustart) .. '/' .. v
-          call('ZADD', KEYS[1], 'NX', now, m)
-          call('ZADD', KEYS[2], 'NX', now, m)
-          card = card + 1
+        local changed = 0
+        for j = 1, n do
+          local v, val = videos[j], vals[j]
+          local c = cur[v]
+          if c == false then
+            local m = sub(hk, ustart) .. '/' .. v
+            call('ZADD', qk, 'NX', now, m)
+            call('ZADD', ak, 'NX', now, m)
+            card = card + 1
+          end
+          if c == false or val > c then
+            call('HSET', hk, v, val)
+            cur[v] = val
+            changed = changed + 1
+          end
         end
-        if c == false or val > c then
-          call('HSET', hk, v, val)
-          cur[v] = val
-          changed = changed + 1
-        end
+        out[g] = changed
       end
-      out[g] = changed
     end
   end
+  k = k + 2 + groups
 end
 return out
 `)
