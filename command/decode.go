@@ -33,6 +33,15 @@ func malformed(msg string) *keepwatch.Error {
 
 // decodeProgress parses and validates the body of POST /v1/progress.
 func decodeProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, error) {
+	if ev, ok := scanProgress(body, tm); ok {
+		return ev, nil
+	}
+	return parseProgress(p, body, tm)
+}
+
+// parseProgress is decodeProgress for any body: it accepts the same events as
+// scanProgress and explains every error.
+func parseProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, error) {
 	// fastjson unescapes strings lazily, so a bad escape in a field nobody
 	// reads would pass Parse: validate the whole document first.
 	if fastjson.ValidateBytes(body) != nil {

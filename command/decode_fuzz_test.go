@@ -108,6 +108,55 @@ func FuzzDecodeProgress(f *testing.F) {
 	})
 }
 
+// FuzzScanProgress holds the single-pass scanner to its promise: whatever it
+// accepts, the full parser accepts as the same event. (What it refuses goes
+// to the full parser, so refusing is always safe.)
+func FuzzScanProgress(f *testing.F) {
+	for _, s := range progressSeeds {
+		f.Add([]byte(s))
+	}
+	for _, s := range scanSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fast, ok := scanProgress(body, fuzzTiming)
+		if !ok {
+			return
+		}
+		var p fastjson.Parser
+		slow, err := parseProgress(&p, body, fuzzTiming)
+		if err != nil {
+			t.Fatalf("the scanner accepted %q, the parser refuses it: %v", body, err)
+		}
+		if string(fast.videoID) != string(slow.videoID) || fast.state != slow.state || fast.ts != slow.ts {
+			t.Fatalf("%q: scanner %+v (video %q), parser %+v (video %q)", body, fast, fast.videoID, slow, slow.videoID)
+		}
+	})
+}
+
+// scanSeeds are shapes near the scanner's edges: what it must accept and what
+// it must leave to the parser.
+var scanSeeds = []string{
+	" {\t\"video_id\" : \"v\" ,\r\n\"percent\":1.5e1 } \n",
+	`{"percent":1,"video_id":"v","extra":"x","more":[1],"n":null,"t":true,"f":false}`,
+	`{"video_id":"v","percent":1,"percent":2}`,
+	`{"video_id":"v","video_id":"w","percent":1}`,
+	`{"video_id":"v","percent":01}`,
+	`{"video_id":"v","percent":1.}`,
+	`{"video_id":"v","percent":.5}`,
+	`{"video_id":"v","percent":-0.0e-0}`,
+	`{"video_id":"v","percent":1E+2,"position":1e-400}`,
+	`{"video_id":"v","percent":null}`,
+	`{"video_id":"v","percent":1,"ts":1e3,"sent_at":2E3}`,
+	`{"video_id":"v","percent":1,"x":"\u00e9"}`,
+	`{"video_id":"v","percent":1,"x":"\xff"}`,
+	`{"video_id":"v","percent":1,"x":"\x01"}`,
+	`{"video_id":"v","percent":1,}`,
+	`{"video_id":"v" "percent":1}`,
+	`{"video_id":"v","percent":1}}`,
+	`{}`,
+}
+
 const fuzzMaxEvents = 5
 
 func FuzzDecodeBatch(f *testing.F) {

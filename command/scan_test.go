@@ -1,0 +1,65 @@
+package command
+
+import (
+	"testing"
+
+	"github.com/valyala/fastjson"
+)
+
+// TestScanTakesPlayerBodies checks that what players ordinarily send takes the
+// single pass, and decodes as the full parser does. The fuzz test covers
+// everything else.
+func TestScanTakesPlayerBodies(t *testing.T) {
+	bodies := append([]string{
+		// The body of DESIGN.md and the OpenAPI example, as players send it.
+		`{"video_id":"v-123","percent":42.5,"position":1234.5,"duration":2700,"ts":1732240000000,"sent_at":1732240000350}`,
+		"{\n  \"video_id\": \"v-123\",\n  \"percent\": 42.5\n}\n",
+		`{"video_id":"v","percent":1,"client":"web/5.1","muted":false,"quality":null,"bitrate":4500}`,
+	}, progressSeeds[:7]...)
+	for _, body := range bodies {
+		fast, ok := scanProgress([]byte(body), fuzzTiming)
+		if !ok {
+			t.Errorf("%s: not taken by the single pass", body)
+			continue
+		}
+		var p fastjson.Parser
+		slow, err := parseProgress(&p, []byte(body), fuzzTiming)
+		if err != nil || string(fast.videoID) != string(slow.videoID) || fast.state != slow.state {
+			t.Errorf("%s: scanner %+v, parser %+v, %v", body, fast.state, slow.state, err)
+		}
+	}
+	for _, body := range []string{
+		`{"video_id":"\u0041","percent":1}`,                // an escape: the parser unescapes
+		`{"video_id":"v","percent":1,"x":{"nested":true}}`, // nesting
+		`{"video_id":"v","percent":101}`,                   // invalid: the parser explains
+		`{"video_id":"v","percent":1,"percent":2}`,         // a repeated field
+		`{"video_id":"v","percent":1} x`,                   // trailing bytes
+	} {
+		if _, ok := scanProgress([]byte(body), fuzzTiming); ok {
+			t.Errorf("%s: taken by the single pass, want the parser", body)
+		}
+	}
+}
+
+// BenchmarkDecodeProgress compares, on the body players send, the single pass
+// with the validate-then-parse path every other body takes.
+func BenchmarkDecodeProgress(b *testing.B) {
+	body := []byte(`{"video_id":"tt0111161:s01e02","percent":42.5,"position":1234.5,"duration":2700,"ts":1732240000000,"sent_at":1732240000350}`)
+	b.Run("scan", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := scanProgress(body, fuzzTiming); !ok {
+				b.Fatal("refused")
+			}
+		}
+	})
+	b.Run("parse", func(b *testing.B) {
+		var p fastjson.Parser
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := parseProgress(&p, body, fuzzTiming); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
