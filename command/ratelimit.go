@@ -18,9 +18,15 @@ type rateLimiter struct {
 	shards [64]limiterShard
 }
 
+// limiterShard maps a 64-bit hash of the user id to the user's bucket. The
+// hash picks the shard and is the key, so a lookup hashes the id once and
+// compares no strings (the limiter's map lookup showed in the profile). Two
+// users whose hashes collide (about 1 in 10^9 at 10^5 active users, with a
+// seed chosen per process) would share a bucket: a player might get a 429 a
+// little early, never anyone else's data.
 type limiterShard struct {
 	mu sync.Mutex
-	m  map[string]bucket
+	m  map[uint64]bucket
 }
 
 type bucket struct {
@@ -36,7 +42,7 @@ func newRateLimiter(rate float64, burst, maxUsers int) *rateLimiter {
 	}
 	l := &rateLimiter{rate: rate, burst: float64(max(1, burst)), seed: maphash.MakeSeed(), per: max(1, maxUsers/64)}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]bucket)
+		l.shards[i].m = make(map[uint64]bucket)
 	}
 	return l
 }
@@ -46,11 +52,12 @@ func (l *rateLimiter) allow(user string, now time.Time) bool {
 	if l == nil {
 		return true
 	}
-	s := &l.shards[maphash.String(l.seed, user)%uint64(len(l.shards))]
+	h := maphash.String(l.seed, user)
+	s := &l.shards[h%uint64(len(l.shards))]
 	ns := now.UnixNano()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b, ok := s.m[user]
+	b, ok := s.m[h]
 	if !ok {
 		if len(s.m) >= l.per {
 			l.evict(s, ns)
@@ -61,11 +68,11 @@ func (l *rateLimiter) allow(user string, now time.Time) bool {
 		b.last = ns
 	}
 	if b.tokens < 1 {
-		s.m[user] = b
+		s.m[h] = b
 		return false
 	}
 	b.tokens--
-	s.m[user] = b
+	s.m[h] = b
 	return true
 }
 
