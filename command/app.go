@@ -59,7 +59,7 @@ func DefaultConfig() Config {
 	return Config{
 		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
 		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
-		Commit:        CommitConfig{MaxBatch: 256, Workers: 1, Queue: 8192, Timeout: 2 * time.Second},
+		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 		StatsInterval: time.Second,
 	}
 }

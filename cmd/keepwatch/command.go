@@ -50,7 +50,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.api.RateUsers, "rate-users", d.RateUsers, "users the rate limiter tracks at most (memory bound)")
 	fs.DurationVar(&c.api.Commit.Window, "commit-window", d.Commit.Window, "group commit: wait this long for more requests (0: send when the queue is empty)")
 	fs.IntVar(&c.api.Commit.MaxBatch, "commit-batch", d.Commit.MaxBatch, "group commit: most requests per Redis round trip")
-	fs.IntVar(&c.api.Commit.Workers, "commit-workers", d.Commit.Workers, "group commit: Redis round trips in flight at once (1 measured best: one round trip in flight lets the next batch grow)")
+	fs.IntVar(&c.api.Commit.Workers, "commit-workers", d.Commit.Workers, "group commit: Redis round trips in flight at once (2 measured best on a single Redis: a batch forms while the other is in flight)")
 	fs.IntVar(&c.api.Commit.Queue, "commit-queue", d.Commit.Queue, "group commit: most requests waiting (503 above)")
 	c.redis.register(fs)
 	c.redis.registerHighWater(fs)
