@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,7 +23,9 @@ import (
 
 // compareResult is one target's line of the comparison.
 type compareResult struct {
-	Target string     `json:"target"`
+	Target string `json:"target"`
+	// Round counts from 1; ratios are to the bare run of the same round.
+	Round  int        `json:"round"`
 	Result wrk.Result `json:"result"`
 	// ServerCPU is the CPU the server processes used per second of the
 	// measured run (1.0 = one full core).
@@ -128,6 +131,7 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	videos := fs.Int("videos", 4, "videos per user")
 	targets := fs.String("targets", "bare,keepwatch,naive-redis", "targets in order, comma-separated (naive-mongo is added when --mongo-uri is set)")
 	jsonOut := fs.String("json", "", "also write the figures as JSON to this file")
+	rounds := fs.Int("rounds", 1, "run the targets this many times, alternating, and summarize each target's ratio to bare over the rounds (medians resist a noisy machine better than one run)")
 	profile := fs.Bool("profile", false, "take a CPU profile of keepwatch during its measured run (keepwatch.cpu.pprof in the run directory; inspect with go tool pprof -top)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -135,6 +139,9 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	kinds, err := target.ParseKinds(*targets)
 	if err != nil {
 		return err
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("--rounds must be at least 1, got %d", *rounds)
 	}
 	if cf.mongoURI != "" && !strings.Contains(*targets, string(target.NaiveMongo)) {
 		kinds = append(kinds, target.NaiveMongo)
@@ -160,52 +167,53 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	fmt.Fprintf(w, "run directory %s; each server on core %d (GOMAXPROCS=1), wrk on core %d (-t%d -c%d), redis on core %d, %s per target after %s warm-up, %d users\n",
 		cfg.Dir, cf.serverCore, cf.loadCore, *threads, *conns, cf.redisCore, *duration, *warmup, *users)
 	var results []compareResult
-	for _, k := range kinds {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var p *profiler
-		if k == target.Keepwatch {
-			p = prof
-		}
-		res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration, p)
-		if err != nil {
-			return fmt.Errorf("%s: %w", k, err)
-		}
-		fmt.Fprintf(w, "  %-12s %9.0f req/s  p50 %-9s p99 %-9s errors %d\n", k, res.Result.RPS,
-			fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors())
-		results = append(results, res)
-	}
-	var bareRPS, barePerCore float64
-	for i := range results {
-		r := &results[i]
-		if r.ServerCPU > 0 {
-			r.PerCore = r.Result.RPS / r.ServerCPU
-		}
-		if r.Target == string(target.Bare) {
-			bareRPS, barePerCore = r.Result.RPS, r.PerCore
+	for round := 1; round <= *rounds; round++ {
+		for _, k := range kinds {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var p *profiler
+			if k == target.Keepwatch && round == 1 {
+				p = prof
+			}
+			res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration, p)
+			if err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+			res.Round = round
+			fmt.Fprintf(w, "  %-12s %9.0f req/s  p50 %-9s p99 %-9s errors %d\n", k, res.Result.RPS,
+				fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors())
+			results = append(results, res)
 		}
 	}
+	setRatios(results)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\treq/s per core\tRSS\tvs bare\tper core vs bare\t")
+	fmt.Fprintln(tw, "round\ttarget\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\treq/s per core\tRSS\tvs bare\tper core vs bare\t")
 	for i := range results {
 		r := &results[i]
 		ratio, pcRatio := "-", "-"
-		if bareRPS > 0 {
-			r.Ratio = r.Result.RPS / bareRPS
+		if r.Ratio > 0 {
 			ratio = fmt.Sprintf("%.2f×", r.Ratio)
 		}
-		if barePerCore > 0 {
-			r.PerCoreRatio = r.PerCore / barePerCore
+		if r.PerCoreRatio > 0 {
 			pcRatio = fmt.Sprintf("%.2f×", r.PerCoreRatio)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f\t%.0f MiB\t%s\t%s\t\n", r.Target, r.Result.RPS,
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f\t%.0f MiB\t%s\t%s\t\n", r.Round, r.Target, r.Result.RPS,
 			fmtDur(r.Result.P50), fmtDur(r.Result.P90), fmtDur(r.Result.P99), fmtDur(r.Result.Max),
 			r.Result.Errors(), r.ServerCPU, r.PerCore, float64(r.ServerRSS)/(1<<20), ratio, pcRatio)
 	}
 	fmt.Fprintln(w)
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("print results: %w", err)
+	}
+	summary := summarize(results, kinds)
+	if *rounds > 1 {
+		fmt.Fprintf(w, "\nover %d rounds (median, min–max):\n", *rounds)
+		for _, s := range summary {
+			fmt.Fprintf(w, "  %-12s %7.0f req/s (%.0f–%.0f)  vs bare %.2f× (%.2f–%.2f×)  per core vs bare %.2f× (%.2f–%.2f×)  errors %d\n",
+				s.Target, s.RPS.Median, s.RPS.Min, s.RPS.Max, s.Ratio.Median, s.Ratio.Min, s.Ratio.Max,
+				s.PerCoreRatio.Median, s.PerCoreRatio.Min, s.PerCoreRatio.Max, s.Errors)
+		}
 	}
 	fmt.Fprintln(w, "errors = answers other than 2xx/3xx (wrk counts status > 399) + socket errors + timeouts")
 	fmt.Fprintln(w, "server CPU = cores the server used during the run (1.00 = its core to itself; less means other work shared the core)")
@@ -214,7 +222,8 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	}
 	if *jsonOut != "" {
 		b, err := json.MarshalIndent(map[string]any{"duration": duration.String(), "connections": *conns,
-			"users": *users, "server_core": cf.serverCore, "load_core": cf.loadCore, "results": results}, "", "  ")
+			"users": *users, "server_core": cf.serverCore, "load_core": cf.loadCore, "rounds": *rounds,
+			"results": results, "summary": summary}, "", "  ")
 		if err != nil {
 			return fmt.Errorf("encode results: %w", err)
 		}
@@ -223,6 +232,87 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// setRatios fills per-core throughput and each result's ratios to the bare
+// run of its round (none when the round has no bare run).
+func setRatios(results []compareResult) {
+	bare := map[int]*compareResult{}
+	for i := range results {
+		r := &results[i]
+		if r.ServerCPU > 0 {
+			r.PerCore = r.Result.RPS / r.ServerCPU
+		}
+		if r.Target == string(target.Bare) {
+			bare[r.Round] = r
+		}
+	}
+	for i := range results {
+		r := &results[i]
+		b := bare[r.Round]
+		if b == nil {
+			continue
+		}
+		if b.Result.RPS > 0 {
+			r.Ratio = r.Result.RPS / b.Result.RPS
+		}
+		if b.PerCore > 0 {
+			r.PerCoreRatio = r.PerCore / b.PerCore
+		}
+	}
+}
+
+// spread is the median and range of one figure over rounds.
+type spread struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+func spreadOf(xs []float64) spread {
+	if len(xs) == 0 {
+		return spread{}
+	}
+	slices.Sort(xs)
+	m := xs[len(xs)/2]
+	if len(xs)%2 == 0 {
+		m = (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return spread{Median: m, Min: xs[0], Max: xs[len(xs)-1]}
+}
+
+// targetSummary is one target over every round.
+type targetSummary struct {
+	Target       string `json:"target"`
+	Rounds       int    `json:"rounds"`
+	RPS          spread `json:"rps"`
+	Ratio        spread `json:"ratio_to_bare"`
+	PerCoreRatio spread `json:"per_core_ratio_to_bare"`
+	Errors       int64  `json:"errors"`
+}
+
+func summarize(results []compareResult, kinds []target.Kind) []targetSummary {
+	var out []targetSummary
+	for _, k := range kinds {
+		if slices.ContainsFunc(out, func(s targetSummary) bool { return s.Target == string(k) }) {
+			continue
+		}
+		var rps, ratio, pc []float64
+		s := targetSummary{Target: string(k)}
+		for _, r := range results {
+			if r.Target != string(k) {
+				continue
+			}
+			s.Rounds++
+			s.Errors += r.Result.Errors()
+			rps = append(rps, r.Result.RPS)
+			ratio = append(ratio, r.Ratio)
+			pc = append(pc, r.PerCoreRatio)
+		}
+		s.RPS, s.Ratio, s.PerCoreRatio = spreadOf(rps), spreadOf(ratio), spreadOf(pc)
+		out = append(out, s)
+	}
+	return out
 }
 
 // compareOne launches one target, warms it up, measures it and stops it.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,7 +143,7 @@ func TestCompareEndToEnd(t *testing.T) {
 	defer cancel()
 	var out bytes.Buffer
 	err := runCompare(ctx, []string{"--keepwatch", kw, "--dir", dir, "--duration", "1s", "--warmup", "0s",
-		"--connections", "8", "--users", "50", "--json", jsonPath,
+		"--connections", "8", "--users", "50", "--json", jsonPath, "--rounds", "2",
 		"--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
 	t.Log(out.String())
 	if err != nil {
@@ -150,6 +151,7 @@ func TestCompareEndToEnd(t *testing.T) {
 	}
 	var got struct {
 		Results []compareResult `json:"results"`
+		Summary []targetSummary `json:"summary"`
 	}
 	b, err := os.ReadFile(jsonPath)
 	if err != nil {
@@ -158,12 +160,33 @@ func TestCompareEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Results) != 3 {
-		t.Fatalf("%d results, want bare, keepwatch, naive-redis", len(got.Results))
+	if len(got.Results) != 6 {
+		t.Fatalf("%d results, want bare, keepwatch, naive-redis twice", len(got.Results))
 	}
+	bare := map[int]float64{}
 	for _, r := range got.Results {
 		if r.Result.RPS <= 0 || r.Result.Errors() != 0 || r.Ratio <= 0 || r.Result.P50 > r.Result.P99 {
 			t.Errorf("%s: %+v ratio %v", r.Target, r.Result, r.Ratio)
 		}
+		if r.Target == "bare" {
+			bare[r.Round] = r.Result.RPS
+		}
+	}
+	// Each ratio is to the bare run of its own round.
+	for _, r := range got.Results {
+		if want := r.Result.RPS / bare[r.Round]; math.Abs(r.Ratio-want) > 1e-9 {
+			t.Errorf("round %d %s: ratio %v, want %v", r.Round, r.Target, r.Ratio, want)
+		}
+	}
+	if len(got.Summary) != 3 {
+		t.Fatalf("summary %+v, want one line per target", got.Summary)
+	}
+	for _, s := range got.Summary {
+		if s.Rounds != 2 || s.Ratio.Min > s.Ratio.Median || s.Ratio.Median > s.Ratio.Max || s.RPS.Median <= 0 {
+			t.Errorf("summary %+v", s)
+		}
+	}
+	if !strings.Contains(out.String(), "over 2 rounds") {
+		t.Errorf("no summary printed:\n%s", out.String())
 	}
 }
