@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keepwatch/keepwatch"
@@ -330,4 +331,13 @@ func TestNewestWinsAnyOrder(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestBufferEmbedded runs the contract on miniredis, the embedded Redis that
+// `keepwatch dev` falls back to when no redis-server is installed.
+func TestBufferEmbedded(t *testing.T) {
+	m := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	contract(t, c)
 }
