@@ -48,7 +48,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.api.RateLimit, "rate-limit", d.RateLimit, "requests per second per user, sustained (0: no limit)")
 	fs.IntVar(&c.api.RateBurst, "rate-burst", d.RateBurst, "requests a user may send at once above the rate")
 	fs.IntVar(&c.api.RateUsers, "rate-users", d.RateUsers, "users the rate limiter tracks at most (memory bound)")
-	fs.DurationVar(&c.api.Commit.Window, "commit-window", d.Commit.Window, "group commit: wait this long for more requests (0: send when the queue is empty)")
+	fs.DurationVar(&c.api.Commit.Window, "commit-window", d.Commit.Window, "group commit: wait this long for more requests (0: send when the queue is empty; below 1ms it rounds up to about 1ms when the process is idle)")
 	fs.IntVar(&c.api.Commit.MaxBatch, "commit-batch", d.Commit.MaxBatch, "group commit: most requests per Redis round trip")
 	fs.IntVar(&c.api.Commit.Workers, "commit-workers", d.Commit.Workers, "group commit: Redis round trips in flight at once (2 measured best on a single Redis: a batch forms while the other is in flight)")
 	fs.IntVar(&c.api.Commit.Queue, "commit-queue", d.Commit.Queue, "group commit: most requests waiting (503 above)")
