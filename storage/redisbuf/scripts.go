@@ -45,7 +45,7 @@ var applyScript = redis.NewScript(`
 local now = ARGV[1]
 local limit = tonumber(ARGV[2])
 local p = ARGV[3]
-local find, sub, call = string.find, string.sub, redis.call
+local find, sub, byte, call = string.find, string.sub, string.byte, redis.call
 local W = ` + encodedLenLua + `
 local pos = 1
 local function field()
@@ -71,11 +71,18 @@ while pos <= #p do
   for i = 1, groups do
     g = g + 1
     local hk = KEYS[k + 2 + i]
-    local n = tonumber(field())
+    local n = 1
+    if byte(p, pos + 1) == 10 and byte(p, pos) == 49 then
+      pos = pos + 2 -- "1\n": read without making a string
+    else
+      n = tonumber(field())
+    end
     if n == 1 then
       -- The common case, a player's single post: no tables.
-      local v = field()
-      local val = value()
+      local e = find(p, '\n', pos, true)
+      local v = sub(p, pos, e - 1)
+      local val = sub(p, e + 1, e + W)
+      pos = e + W + 2
       local c = call('HGET', hk, v)
       if not c then
         if limit > 0 and card + 1 > limit then
