@@ -98,16 +98,35 @@ func decodeEvent(o *fastjson.Object, prefix string, errs *[]keepwatch.FieldError
 	return ev
 }
 
-// number returns a JSON number's value; NaN and infinities are not numbers.
+// number returns a JSON number's value.
 func number(v *fastjson.Value) (float64, bool) {
 	if v.Type() != fastjson.TypeNumber {
 		return 0, false
 	}
-	f, err := v.Float64()
+	return finite(v.Float64())
+}
+
+// finite is a parsed number's value; NaN and infinities are not numbers.
+func finite(f float64, err error) (float64, bool) {
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, false
 	}
 	return f, true
+}
+
+// seconds is a number of seconds as stored, rounded to the millisecond, and
+// whether it is valid: a duration that rounds to 0 is 0, and positive refuses it.
+func seconds(f float64, positive bool) (float64, bool) {
+	f = keepwatch.Round3(f)
+	return f, keepwatch.ValidSeconds(f) && !(positive && f == 0)
+}
+
+// millis is a timestamp in ms since the epoch and whether it is valid.
+func millis(f float64) (int64, bool) {
+	if f < 0 || f > maxMillis || f != math.Trunc(f) {
+		return 0, false
+	}
+	return int64(f), true
 }
 
 // optSeconds reads an optional number of seconds; absent or null is Unknown.
@@ -116,8 +135,8 @@ func optSeconds(v *fastjson.Value, field string, positive bool, errs *[]keepwatc
 		return keepwatch.Unknown
 	}
 	f, ok := number(v)
-	f = keepwatch.Round3(f) // what is stored: a duration that rounds to 0 is 0
-	if !ok || !keepwatch.ValidSeconds(f) || (positive && f == 0) {
+	f, valid := seconds(f, positive)
+	if !ok || !valid {
 		detail := "must be a number of seconds from 0 to 99999999.999"
 		if positive {
 			detail = "must be a number of seconds above 0 and at most 99999999.999"
@@ -137,11 +156,12 @@ func optInt(v *fastjson.Value, field string, errs *[]keepwatch.FieldError) int64
 		return 0
 	}
 	f, ok := number(v)
-	if !ok || f < 0 || f > maxMillis || f != math.Trunc(f) {
+	ms, valid := millis(f)
+	if !ok || !valid {
 		*errs = append(*errs, keepwatch.FieldError{Field: field, Detail: "must be a whole number of milliseconds since the Unix epoch"})
 		return 0
 	}
-	return int64(f)
+	return ms
 }
 
 // batchResult is the outcome of decoding a batch: the valid events and, per

@@ -1,7 +1,6 @@
 package command
 
 import (
-	"math"
 	"unsafe"
 
 	"github.com/valyala/fastjson/fastfloat"
@@ -121,11 +120,8 @@ func scanSeconds(tok []byte, positive bool) (float64, bool) {
 		return keepwatch.Unknown, true
 	}
 	f, ok := parseNumber(tok)
-	f = keepwatch.Round3(f)
-	if !ok || !keepwatch.ValidSeconds(f) || (positive && f == 0) {
-		return 0, false
-	}
-	return f, true
+	f, valid := seconds(f, positive)
+	return f, ok && valid
 }
 
 // scanMillis is optInt for a scanned number token (nil: absent or null).
@@ -134,10 +130,8 @@ func scanMillis(tok []byte) (int64, bool) {
 		return 0, true
 	}
 	f, ok := parseNumber(tok)
-	if !ok || f < 0 || f > maxMillis || f != math.Trunc(f) {
-		return 0, false
-	}
-	return int64(f), true
+	ms, valid := millis(f)
+	return ms, ok && valid
 }
 
 // parseNumber parses a token scanner.number accepted as fastjson's
@@ -146,11 +140,7 @@ func scanMillis(tok []byte) (int64, bool) {
 func parseNumber(tok []byte) (float64, bool) {
 	// The string does not outlive the call and the body is not written
 	// meanwhile; fastfloat wants a string and a copy would allocate.
-	f, err := fastfloat.Parse(unsafe.String(unsafe.SliceData(tok), len(tok)))
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, false
-	}
-	return f, true
+	return finite(fastfloat.Parse(unsafe.String(unsafe.SliceData(tok), len(tok))))
 }
 
 // scanner reads JSON tokens of the narrow shape scanProgress accepts.
