@@ -89,20 +89,10 @@ func benchApply(b *testing.B, c *redis.Client, shards, batch int) {
 
 // redisCPU is the CPU time the server has used (user + system).
 func redisCPU(b *testing.B, c *redis.Client) time.Duration {
-	info, err := c.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
+	info := infoFields(b, c, "cpu")
 	var total float64
-	for _, line := range strings.Split(info, "\r\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				b.Fatalf("INFO cpu %s: %v", k, err)
-			}
-			total += f
-		}
+	for _, k := range []string{"used_cpu_user", "used_cpu_sys"} {
+		total += parseInfoFloat(b, k, info[k])
 	}
 	return time.Duration(total * float64(time.Second))
 }
@@ -110,25 +100,35 @@ func redisCPU(b *testing.B, c *redis.Client) time.Duration {
 // scriptMicros is the time Redis spent in EVALSHA since the last CONFIG
 // RESETSTAT, in µs.
 func scriptMicros(b *testing.B, c *redis.Client) float64 {
-	info, err := c.Info(context.Background(), "commandstats").Result()
+	// The line is "cmdstat_evalsha:calls=N,usec=N,...".
+	for _, kv := range strings.Split(infoFields(b, c, "commandstats")["cmdstat_evalsha"], ",") {
+		if v, ok := strings.CutPrefix(kv, "usec="); ok {
+			return parseInfoFloat(b, "cmdstat_evalsha usec", v)
+		}
+	}
+	b.Fatal("INFO commandstats has no evalsha usec")
+	return 0
+}
+
+// infoFields reads one INFO section as its "key:value" lines.
+func infoFields(b *testing.B, c *redis.Client, section string) map[string]string {
+	info, err := c.Info(context.Background(), section).Result()
 	if err != nil {
 		b.Fatal(err)
 	}
+	fields := map[string]string{}
 	for _, line := range strings.Split(info, "\r\n") {
-		rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:")
-		if !ok {
-			continue
-		}
-		for _, kv := range strings.Split(rest, ",") {
-			if v, ok := strings.CutPrefix(kv, "usec="); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					b.Fatalf("INFO commandstats: %v", err)
-				}
-				return f
-			}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			fields[k] = v
 		}
 	}
-	b.Fatal("INFO commandstats has no evalsha line")
-	return 0
+	return fields
+}
+
+func parseInfoFloat(b *testing.B, name, v string) float64 {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		b.Fatalf("INFO %s: %v", name, err)
+	}
+	return f
 }
