@@ -764,6 +764,17 @@ func TestRateLimit(t *testing.T) {
 	if got := e.pending(busy); len(got) != 1 || got["v"].Percent != 3 {
 		t.Fatalf("stored %v", got)
 	}
+	// Another token of the same user (a second device, or a renewed token)
+	// draws on the same budget.
+	other, err := auth.Mint(secretNew, busy, 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other == token(t, busy) {
+		t.Fatal("the second token is the first one: the check below proves nothing")
+	}
+	e.do(req{method: http.MethodPost, path: "/v1/progress", auth: "Bearer " + other, body: `{"video_id":"other","percent":1}`}).
+		problem(t, http.StatusTooManyRequests)
 	// Another user is not affected.
 	e.post(calm, "/v1/progress", `{"video_id":"v","percent":1}`).accepted(t)
 	// A second later the busy user has one token again, and only one.

@@ -36,7 +36,12 @@ type Buffer interface {
 // Verifier checks a bearer token at a time and returns its user; failures are
 // *keepwatch.Error with code EUNAUTHORIZED.
 type Verifier interface {
-	VerifyAt(token []byte, now time.Time) (userID string, err error)
+	// VerifyData returns the token's user and what the function given to
+	// Attach returned for it.
+	VerifyData(token []byte, now time.Time) (userID string, data any, err error)
+	// Attach sets the function whose result VerifyData returns; the verifier
+	// may keep the result with the token while it stays valid.
+	Attach(fn func(userID string) any)
 }
 
 // Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
@@ -118,6 +123,11 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 	}
 	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), gauges: NewBufferGauges(reg), log: log}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
+	if s.limiter != nil {
+		// The verifier keeps each token's bucket, so a request finds both in
+		// one lookup: the two lookups were 7% of a request in the profile.
+		auth.Attach(func(user string) any { return s.limiter.bucketFor(user, s.now()) })
+	}
 	s.commit = newCommitter(cfg.Commit, buf, func(n int, d time.Duration) {
 		s.m.commitSize.Observe(float64(n))
 		s.m.commitDur.Observe(d.Seconds())
@@ -144,6 +154,14 @@ func (s *Service) App() *fiber.App { return s.app }
 
 // SetClock replaces the clock that stamps received requests, for tests.
 func (s *Service) SetClock(now func() time.Time) { s.clock = now }
+
+// now reads the clock that stamps received requests.
+func (s *Service) now() time.Time {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now()
+}
 
 func (s *Service) routes(gatherer prometheus.Gatherer) {
 	s.app.Post("/v1/progress", s.timed("/v1/progress", s.postProgress))
@@ -241,14 +259,23 @@ var (
 	errTooFast = &keepwatch.Error{Code: keepwatch.ERATELIMITED, RetryAfter: 1, Message: "too many requests for this user; players post every 10 s"}
 )
 
-// user authenticates the request.
-func (s *Service) user(c *fiber.Ctx, recv time.Time) (string, error) {
+// user authenticates the request, returning the user and their rate bucket
+// (nil without a rate limit).
+func (s *Service) user(c *fiber.Ctx, recv time.Time) (string, *bucket, error) {
 	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
 	const prefix = "Bearer "
 	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
-		return "", errNoToken
+		return "", nil, errNoToken
 	}
-	return s.auth.VerifyAt(h[len(prefix):], recv)
+	user, data, err := s.auth.VerifyData(h[len(prefix):], recv)
+	if err != nil {
+		return "", nil, err
+	}
+	b, _ := data.(*bucket)
+	if b == nil && s.limiter != nil { // a verifier that keeps nothing
+		b = s.limiter.bucketFor(user, recv)
+	}
+	return user, b, nil
 }
 
 func isJSON(c *fiber.Ctx) bool {
@@ -262,14 +289,14 @@ func isJSON(c *fiber.Ctx) bool {
 
 // admit runs the checks every write shares: token, rate, content type.
 func (s *Service) admit(c *fiber.Ctx, recv time.Time, needBody bool) (string, error) {
-	user, err := s.user(c, recv)
+	user, b, err := s.user(c, recv)
 	if err != nil {
 		return "", err
 	}
 	if needBody && !isJSON(c) {
 		return "", errNotJSON
 	}
-	if !s.limiter.allow(user, recv) {
+	if !s.limiter.allow(b, recv) {
 		return "", errTooFast
 	}
 	return user, nil

@@ -10,6 +10,11 @@ import (
 // no Redis round trip. With several command instances behind a load balancer
 // each enforces its own bucket; a player far above the limit is still caught
 // because it exceeds it on every instance.
+//
+// The token cache keeps each verified token's bucket (see Verifier.Attach),
+// so a request reaches its bucket without a lookup here; the map below is
+// consulted once per new token, and makes the tokens of one user share one
+// bucket.
 type rateLimiter struct {
 	rate   float64 // tokens per second
 	burst  float64
@@ -20,16 +25,16 @@ type rateLimiter struct {
 
 // limiterShard maps a 64-bit hash of the user id to the user's bucket. The
 // hash picks the shard and is the key, so a lookup hashes the id once and
-// compares no strings (the limiter's map lookup showed in the profile). Two
-// users whose hashes collide (about 1 in 10^9 at 10^5 active users, with a
-// seed chosen per process) would share a bucket: a player might get a 429 a
-// little early, never anyone else's data.
+// compares no strings. Two users whose hashes collide (about 1 in 10^9 at
+// 10^5 active users, with a seed chosen per process) would share a bucket: a
+// player might get a 429 a little early, never anyone else's data.
 type limiterShard struct {
 	mu sync.Mutex
-	m  map[uint64]bucket
+	m  map[uint64]*bucket
 }
 
 type bucket struct {
+	mu     sync.Mutex
 	tokens float64
 	last   int64 // unix ns
 }
@@ -42,37 +47,46 @@ func newRateLimiter(rate float64, burst, maxUsers int) *rateLimiter {
 	}
 	l := &rateLimiter{rate: rate, burst: float64(max(1, burst)), seed: maphash.MakeSeed(), per: max(1, maxUsers/64)}
 	for i := range l.shards {
-		l.shards[i].m = make(map[uint64]bucket)
+		l.shards[i].m = make(map[uint64]*bucket)
 	}
 	return l
 }
 
-// allow takes one token from the user's bucket.
-func (l *rateLimiter) allow(user string, now time.Time) bool {
+// bucketFor returns the user's bucket, a full one for a user it does not
+// track. A bucket forgotten here while a cached token still holds it keeps
+// working for that token; only a token verified afterwards starts a new one.
+func (l *rateLimiter) bucketFor(user string, now time.Time) *bucket {
+	h := maphash.String(l.seed, user)
+	s := &l.shards[h%uint64(len(l.shards))]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b, ok := s.m[h]; ok {
+		return b
+	}
+	if len(s.m) >= l.per {
+		l.evict(s, now.UnixNano())
+	}
+	b := &bucket{tokens: l.burst, last: now.UnixNano()}
+	s.m[h] = b
+	return b
+}
+
+// allow takes one token from b.
+func (l *rateLimiter) allow(b *bucket, now time.Time) bool {
 	if l == nil {
 		return true
 	}
-	h := maphash.String(l.seed, user)
-	s := &l.shards[h%uint64(len(l.shards))]
 	ns := now.UnixNano()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.m[h]
-	if !ok {
-		if len(s.m) >= l.per {
-			l.evict(s, ns)
-		}
-		b = bucket{tokens: l.burst, last: ns}
-	} else {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ns > b.last { // requests of one user may arrive out of order
 		b.tokens = min(l.burst, b.tokens+float64(ns-b.last)/1e9*l.rate)
 		b.last = ns
 	}
 	if b.tokens < 1 {
-		s.m[h] = b
 		return false
 	}
 	b.tokens--
-	s.m[h] = b
 	return true
 }
 
@@ -82,7 +96,10 @@ func (l *rateLimiter) evict(s *limiterShard, ns int64) {
 	refill := int64(l.burst / l.rate * 1e9)
 	n := 0
 	for k, b := range s.m {
-		if ns-b.last >= refill {
+		b.mu.Lock()
+		idle := ns-b.last >= refill
+		b.mu.Unlock()
+		if idle {
 			delete(s.m, k)
 			n++
 		}

@@ -108,6 +108,44 @@ func TestCacheHitReturnsTheSameUser(t *testing.T) {
 	unauthorized(t, err)
 }
 
+// TestAttachedDataFollowsTheToken: what Attach computes for a user comes back
+// with each of the user's tokens, computed once per token while it is cached,
+// and a refused token gets none of it.
+func TestAttachedDataFollowsTheToken(t *testing.T) {
+	for _, cacheSize := range []int{0, 100} {
+		v := newVerifier(t, cacheSize, "s1")
+		calls := map[string]int{}
+		v.Attach(func(user string) any {
+			calls[user]++
+			return "data of " + user
+		})
+		alice, bob := []byte(mint(t, "s1", "alice", time.Hour)), []byte(mint(t, "s1", "bob", time.Hour))
+		for range 3 {
+			for _, tc := range []struct {
+				tok  []byte
+				user string
+			}{{alice, "alice"}, {bob, "bob"}} {
+				u, data, err := v.VerifyData(tc.tok, time.Now())
+				if err != nil || u != tc.user || data != "data of "+tc.user {
+					t.Fatalf("cache %d: VerifyData = %q, %v, %v; want %q and its data", cacheSize, u, data, err, tc.user)
+				}
+			}
+		}
+		want := 1
+		if cacheSize == 0 {
+			want = 3
+		}
+		if calls["alice"] != want || calls["bob"] != want {
+			t.Errorf("cache %d: attach ran %v; want %d per user", cacheSize, calls, want)
+		}
+		forged := append([]byte(nil), alice...)
+		forged[len(forged)-2] ^= 1
+		if _, data, err := v.VerifyData(forged, time.Now()); err == nil || data != nil {
+			t.Errorf("cache %d: forged token: data %v, err %v", cacheSize, data, err)
+		}
+	}
+}
+
 func TestExpiredCachedTokenIsRefused(t *testing.T) {
 	now := time.Now()
 	for _, cacheSize := range []int{0, 100} {
