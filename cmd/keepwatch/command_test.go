@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/internal/auth"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
@@ -121,6 +122,43 @@ func TestCommandRefusesBadConfig(t *testing.T) {
 				t.Fatalf("exit code %d, want 2 (usage error)\n%s", code, out)
 			}
 		})
+	}
+}
+
+// TestCommandRefusesAnotherShardCount: entries buffered with one
+// --redis-shards would be stranded under another, so command and flush refuse
+// to start, and say which count the data has; nothing pending is touched.
+func TestCommandRefusesAnotherShardCount(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := context.Background()
+	buf, err := redisbuf.New(r.Client(), redisbuf.Options{Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := buf.CheckShards(ctx); err != nil {
+		t.Fatal(err)
+	}
+	per, err := buf.Apply(ctx, []redisbuf.Write{{UserID: "u1", Entries: []redisbuf.Entry{{VideoID: "v", State: keepwatch.State{EventTime: 1, Percent: 5}}}}})
+	if err != nil || per[0] != nil {
+		t.Fatalf("apply: %v %v", per, err)
+	}
+	for _, args := range [][]string{
+		{"command", "--flush=false", "--auth-secret", "s", "--http-addr", "127.0.0.1:0"},
+		{"flush", "--http-addr", "127.0.0.1:0"},
+	} {
+		args = append(args, "--redis-url", r.URL(), "--redis-shards", "8")
+		done, out := startMain(t, ctx, args...)
+		select {
+		case code := <-done:
+			if code != 1 || !strings.Contains(out.String(), "--redis-shards 4") {
+				t.Errorf("%s with 8 shards over data written with 4: exit code %d, want 1 naming the data's count\n%s", args[0], code, out)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s started with another shard count\n%s", args[0], out)
+		}
+	}
+	if ps, err := buf.Pending(ctx, "u1"); err != nil || len(ps) != 1 {
+		t.Fatalf("pending after the refusals = %+v, %v", ps, err)
 	}
 }
 

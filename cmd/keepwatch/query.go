@@ -121,7 +121,17 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		// Redis is optional for reads: the client reconnects by itself, and
 		// until it does answers come from MongoDB alone.
 		pctx, cancel := context.WithTimeout(ctx, cfg.redis.timeout)
-		if err := buf.Ping(pctx); err != nil {
+		err = buf.Ping(pctx)
+		if err == nil {
+			// A wrong count would overlay nothing: refuse rather than serve
+			// stale progress while Redis holds newer.
+			if err := buf.MatchesShards(pctx); err != nil {
+				cancel()
+				_ = c.Close()
+				_ = store.Close(context.WithoutCancel(ctx))
+				return nil, err
+			}
+		} else {
 			log.Warn("redis unreachable: answering from mongodb alone until it answers", "err", err)
 		}
 		cancel()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keepwatch/keepwatch/internal/auth"
 	"github.com/keepwatch/keepwatch/internal/testenv"
+	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
 
 // startQuery runs `keepwatch query` through Main on a free port and waits
@@ -102,6 +103,29 @@ func TestQueryServes(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+// TestQueryRefusesAnotherShardCount: a query service with another
+// --redis-shards than the buffer's data would overlay nothing, silently
+// serving stale progress; it refuses to start and names the data's count.
+func TestQueryRefusesAnotherShardCount(t *testing.T) {
+	m := testenv.StartMongo(t)
+	r := testenv.StartRedis(t)
+	buf, err := redisbuf.New(r.Client(), redisbuf.Options{Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := buf.CheckShards(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runMain(t, context.Background(), map[string]string{
+		"KEEPWATCH_MONGO_URI": m.URI, "KEEPWATCH_MONGO_DB": m.Database, "KEEPWATCH_MIGRATE": "true",
+		"KEEPWATCH_REDIS_URL": r.URL(), "KEEPWATCH_REDIS_SHARDS": "8", "KEEPWATCH_AUTH_SECRET": "s3cret",
+		"KEEPWATCH_HTTP_ADDR": "127.0.0.1:0",
+	}, "query")
+	if code != 1 || !strings.Contains(errOut, "--redis-shards 4") {
+		t.Fatalf("exit code %d, want 1 naming the data's count:\n%s", code, errOut)
 	}
 }
 

@@ -40,7 +40,8 @@ func (c *redisConfig) registerHighWater(fs *flag.FlagSet) {
 		"most pending entries in the buffer; above it writes get 503 (0: unlimited)")
 }
 
-// open connects and checks that Redis answers.
+// open connects and checks that Redis answers and that its buffered entries
+// were written with this --redis-shards.
 func (c *redisConfig) open(ctx context.Context) (redis.UniversalClient, *redisbuf.Buffer, error) {
 	client, buf, err := c.dial()
 	if err != nil {
@@ -51,6 +52,10 @@ func (c *redisConfig) open(ctx context.Context) (redis.UniversalClient, *redisbu
 	if err := buf.Ping(pctx); err != nil {
 		_ = client.Close()
 		return nil, nil, fmt.Errorf("connect to redis: %w", err)
+	}
+	if err := buf.CheckShards(pctx); err != nil {
+		_ = client.Close()
+		return nil, nil, err
 	}
 	return client, buf, nil
 }

@@ -65,13 +65,15 @@ type Buffer struct {
 // master spread the keys over the masters.
 const DefaultShards = 4
 
+const maxShards = 1024
+
 // New returns a buffer on c.
 func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 	if o.Shards == 0 {
 		o.Shards = DefaultShards
 	}
-	if o.Shards < 1 || o.Shards > 1024 {
-		return nil, fmt.Errorf("redis buffer: shards must be 1–1024, got %d", o.Shards)
+	if o.Shards < 1 || o.Shards > maxShards {
+		return nil, fmt.Errorf("redis buffer: shards must be 1–%d, got %d", maxShards, o.Shards)
 	}
 	if o.HighWater < 0 {
 		return nil, fmt.Errorf("redis buffer: high-water mark must not be negative, got %d", o.HighWater)
@@ -84,7 +86,7 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 		b.shardLimit = max(1, (o.HighWater+int64(o.Shards)-1)/int64(o.Shards))
 	}
 	for i := range o.Shards {
-		tag := fmt.Sprintf("kw:{kw%02d}:", i)
+		tag := shardTag(i)
 		b.tags = append(b.tags, tag)
 		b.queueKeys = append(b.queueKeys, tag+"q")
 		b.ageKeys = append(b.ageKeys, tag+"a")
@@ -96,6 +98,82 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 	b.cluster = !single
 	b.scratch.New = func() any { return &applyScratch{sections: make([]shardSection, o.Shards)} }
 	return b, nil
+}
+
+// shardTag is the key prefix of shard i, with its hash tag.
+func shardTag(i int) string { return fmt.Sprintf("kw:{kw%02d}:", i) }
+
+// shardsKey records the shard count the buffered entries were written with.
+const shardsKey = "kw:shards"
+
+// CheckShards makes sure the entries in Redis were written with this
+// buffer's shard count, recording it on first use. A user's entries live in
+// the shard their id hashes to modulo the count, so under another count they
+// would never be flushed or read. A new count is taken only while the buffer
+// is empty, as after a drain; otherwise CheckShards returns an error naming
+// both counts and changes nothing.
+//
+// It is a start-up check: processes that started while the buffer was empty
+// are not re-checked on each write, so a count is changed with every writer
+// stopped.
+func (b *Buffer) CheckShards(ctx context.Context) error {
+	want := strconv.Itoa(b.shards)
+	prev, err := recordShardsScript.Run(ctx, b.c, []string{shardsKey}, want, "").Int()
+	if err != nil {
+		return unavailable("check the buffer's shard count", err)
+	}
+	if prev == 0 {
+		return nil
+	}
+	if prev < 0 || prev > maxShards {
+		return fmt.Errorf("%s holds %d, not a shard count (1–%d)", shardsKey, prev, maxShards)
+	}
+	// Recorded under another count: count what is pending under it.
+	cmds := make([]*redis.IntCmd, prev)
+	pipe := b.c.Pipeline()
+	for i := range prev {
+		cmds[i] = pipe.ZCard(ctx, shardTag(i)+"a")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return unavailable("count the entries pending under the recorded shard count", err)
+	}
+	var pending int64
+	for _, c := range cmds {
+		pending += c.Val()
+	}
+	if pending > 0 {
+		return fmt.Errorf("redis holds %d entries buffered with --redis-shards %d, and this process has %d: "+
+			"under another count they would never be flushed or read. Use --redis-shards %d, "+
+			"or stop every writer and let `keepwatch flush --redis-shards %d` drain the buffer before changing it",
+			pending, prev, b.shards, prev, prev)
+	}
+	// Empty: take the new count, unless another process changed it meanwhile.
+	again, err := recordShardsScript.Run(ctx, b.c, []string{shardsKey}, want, strconv.Itoa(prev)).Int()
+	if err != nil {
+		return unavailable("record the buffer's shard count", err)
+	}
+	if again != 0 {
+		return fmt.Errorf("the buffer's shard count changed to %d while this process checked it; --redis-shards is %d", again, b.shards)
+	}
+	return nil
+}
+
+// MatchesShards is CheckShards for a reader, which may be on a read-only
+// replica: it writes nothing, and refuses any recorded count other than its
+// own, since it would look for every user's entries in the wrong shard.
+func (b *Buffer) MatchesShards(ctx context.Context) error {
+	rec, err := b.c.Get(ctx, shardsKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return unavailable("read the buffer's shard count", err)
+	}
+	if rec != strconv.Itoa(b.shards) {
+		return fmt.Errorf("redis' buffer is written with --redis-shards %s, and this process has %d: "+
+			"it would look for pending entries in the wrong shards. Use --redis-shards %s", rec, b.shards, rec)
+	}
+	return nil
 }
 
 // Shards returns the number of shards.

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -232,6 +233,51 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			if got := pendingMap(t, b, u); !maps.Equal(got, w) {
 				t.Errorf("%s (shard %d) pending %+v, want %+v", u, b.ShardOf(u), got, w)
 			}
+		}
+	})
+	t.Run("a shard count other than the data's is refused until the buffer is empty", func(t *testing.T) {
+		reset(t)
+		four := newBuffer(t, c, redisbuf.Options{Shards: 4})
+		eight := newBuffer(t, c, redisbuf.Options{Shards: 8})
+		if err := four.CheckShards(ctx); err != nil {
+			t.Fatalf("first check: %v", err)
+		}
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, four, u, redisbuf.Entry{VideoID: "v", State: st(1000, 10)})
+		err := eight.CheckShards(ctx)
+		if err == nil || !strings.Contains(err.Error(), "--redis-shards 4") || !strings.Contains(err.Error(), "has 8") {
+			t.Fatalf("check with 8 shards over entries written with 4 = %v, want an error naming both", err)
+		}
+		// The refusal changed nothing: the entry is there, and 4 still fits.
+		if got := pendingMap(t, four, u); got["v"] != st(1000, 10) {
+			t.Fatalf("pending after the refused check = %+v", got)
+		}
+		if err := four.CheckShards(ctx); err != nil {
+			t.Fatalf("check with the recorded count after a refusal: %v", err)
+		}
+		// A reader refuses any count but the recorded one, even one that a
+		// writer would be allowed to take over an empty buffer.
+		if err := four.MatchesShards(ctx); err != nil {
+			t.Fatalf("reader with the recorded count: %v", err)
+		}
+		if err := eight.MatchesShards(ctx); err == nil || !strings.Contains(err.Error(), "--redis-shards 4") {
+			t.Fatalf("reader with 8 shards over data written with 4 = %v, want an error", err)
+		}
+		// Drained, the buffer takes the new count, and then refuses the old
+		// one once entries are written under the new.
+		cl, err := four.Claim(ctx, four.ShardOf(u), 10, time.Minute)
+		if err != nil || len(cl.Entries) != 1 {
+			t.Fatalf("claim = %+v, %v", cl, err)
+		}
+		if err := four.Release(ctx, cl, []int{0}); err != nil {
+			t.Fatal(err)
+		}
+		if err := eight.CheckShards(ctx); err != nil {
+			t.Fatalf("check with 8 shards over an empty buffer: %v", err)
+		}
+		apply(t, eight, u, redisbuf.Entry{VideoID: "w", State: st(2000, 20)})
+		if err := four.CheckShards(ctx); err == nil || !strings.Contains(err.Error(), "--redis-shards 8") {
+			t.Fatalf("check with 4 shards over entries written with 8 = %v, want an error", err)
 		}
 	})
 	t.Run("high-water mark refuses growth, all or nothing", func(t *testing.T) {

@@ -202,3 +202,17 @@ for i = 3, #ARGV, 4 do
 end
 return removed
 `)
+
+// recordShardsScript records the shard count ARGV[1] under KEYS[1] when none
+// is recorded or the recorded one is ARGV[2] (the caller found the buffer
+// empty under it). Returns 0 when ARGV[1] is now recorded, else the recorded
+// count.
+var recordShardsScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 0 end
+if not cur or cur == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 0
+end
+return tonumber(cur)
+`)
