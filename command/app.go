@@ -55,6 +55,11 @@ type Config struct {
 	Commit         CommitConfig
 	HighWater      int64         // for the metric; the buffer enforces it
 	StatsInterval  time.Duration // how often the buffer gauges are sampled
+	// ReadTimeout bounds the reading of one request, IdleTimeout the wait of
+	// a keep-alive connection for its next one (0: ReadTimeout). There is no
+	// write timeout: every answer fits in the socket buffer, and a deadline
+	// per response showed in the profile.
+	ReadTimeout, IdleTimeout time.Duration
 	AdminToken     string        // enables /debug/pprof when set
 	OpenAPI        []byte        // served at /openapi.json when set
 }
@@ -66,6 +71,7 @@ func DefaultConfig() Config {
 		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
 		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 		StatsInterval: time.Second,
+		ReadTimeout:   30 * time.Second, IdleTimeout: 120 * time.Second,
 	}
 }
 
@@ -109,6 +115,10 @@ func (cfg Config) Validate() error {
 		return errors.New("--redis-timeout must be positive")
 	case cfg.StatsInterval <= 0:
 		return errors.New("the stats interval must be positive")
+	case cfg.ReadTimeout <= 0:
+		return errors.New("--read-timeout must be positive: without it a slow client holds a connection for ever")
+	case cfg.IdleTimeout < 0:
+		return errors.New("--idle-timeout must not be negative")
 	}
 	return nil
 }
@@ -137,11 +147,8 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 		BodyLimit:             cfg.BodyLimit,
 		ErrorHandler:          s.errorHandler,
 		DisableStartupMessage: true,
-		// A read timeout bounds slow clients; no write timeout, since every
-		// answer fits in the socket buffer and setting a deadline per
-		// response showed in the profile.
-		ReadTimeout: 30 * time.Second,
-		IdleTimeout: 120 * time.Second,
+		ReadTimeout:           cfg.ReadTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
 	})
 	s.routes(gatherer)
 	s.ready.Store(true)

@@ -62,6 +62,10 @@ type Config struct {
 	Overlay bool
 	// OverlayTimeout bounds the Redis read of an answer; 250ms when 0.
 	OverlayTimeout time.Duration
+	// ReadTimeout and WriteTimeout bound reading one request and writing its
+	// answer (10s each when 0); IdleTimeout bounds a keep-alive connection's
+	// wait for its next request (2m when 0).
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	// CORSOrigins lists the origins (scheme://host[:port]) browsers may call
 	// the API from; empty turns CORS off.
 	CORSOrigins []string
@@ -120,6 +124,14 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.OverlayTimeout <= 0 {
 		cfg.OverlayTimeout = 250 * time.Millisecond
 	}
+	for _, d := range []struct {
+		t   *time.Duration
+		def time.Duration
+	}{{&cfg.ReadTimeout, 10 * time.Second}, {&cfg.WriteTimeout, 10 * time.Second}, {&cfg.IdleTimeout, 2 * time.Minute}} {
+		if *d.t <= 0 {
+			*d.t = d.def
+		}
+	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
@@ -176,9 +188,9 @@ func (s *Server) routes() *fiber.App {
 		AppName:               "keepwatch query",
 		DisableStartupMessage: true,
 		ErrorHandler:          problem.ErrorHandler,
-		ReadTimeout:           10 * time.Second,
-		WriteTimeout:          10 * time.Second,
-		IdleTimeout:           2 * time.Minute,
+		ReadTimeout:           s.cfg.ReadTimeout,
+		WriteTimeout:          s.cfg.WriteTimeout,
+		IdleTimeout:           s.cfg.IdleTimeout,
 		// Only GET requests: nothing to read.
 		BodyLimit: 4 << 10,
 	})

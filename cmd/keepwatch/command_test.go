@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -225,5 +226,61 @@ func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
 	pending, err := buf.Pending(context.Background(), "bob")
 	if err != nil || len(pending) != 1 || pending[0].VideoID != "v9" {
 		t.Fatalf("the in-flight write is not in Redis: %+v %v", pending, err)
+	}
+}
+
+// TestServersDropSlowAndIdleConnections: --read-timeout disconnects a client
+// that never finishes its request, and --idle-timeout a keep-alive
+// connection that sends nothing more, on both APIs.
+func TestServersDropSlowAndIdleConnections(t *testing.T) {
+	r := testenv.StartRedis(t)
+	m := testenv.StartMongo(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, out := startMain(t, ctx, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(),
+		"--auth-secret", "s1", "--read-timeout", "300ms", "--idle-timeout", "300ms")
+	waitStatus(t, "http://"+addr+"/readyz", http.StatusOK)
+	queryBase, _ := startQuery(t, map[string]string{
+		"KEEPWATCH_MONGO_URI": m.URI, "KEEPWATCH_MONGO_DB": m.Database, "KEEPWATCH_MIGRATE": "true",
+		"KEEPWATCH_REDIS_URL": r.URL(), "KEEPWATCH_AUTH_SECRET": "s1",
+		"KEEPWATCH_READ_TIMEOUT": "300ms", "KEEPWATCH_IDLE_TIMEOUT": "300ms",
+	})
+	for name, a := range map[string]string{"command": addr, "query": strings.TrimPrefix(queryBase, "http://")} {
+		t.Run(name+" slow request", func(t *testing.T) {
+			expectClosed(t, a, "GET /healthz HTTP/1.1\r\nHost: x\r\n", false) // no end of headers
+		})
+		t.Run(name+" idle keep-alive", func(t *testing.T) {
+			expectClosed(t, a, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true)
+		})
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("command exit code %d\n%s", code, out)
+	}
+}
+
+// expectClosed sends req on a new connection and fails unless the server
+// closes the connection (after answering, when answered is set) well before
+// the test's own 10 s limit.
+func expectClosed(t *testing.T, addr, req string, answered bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c) // returns when the server closes
+	if err != nil {
+		t.Fatalf("connection still open after 10 s (read: %v); got %q", err, got)
+	}
+	if answered != strings.HasPrefix(string(got), "HTTP/1.1 200") {
+		t.Fatalf("before closing the server sent %q; answered = %v", got, answered)
 	}
 }

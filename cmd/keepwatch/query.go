@@ -33,6 +33,9 @@ type queryConfig struct {
 	corsOrigins    string
 	overlay        bool
 	overlayTimeout time.Duration
+	readTimeout    time.Duration
+	writeTimeout   time.Duration
+	idleTimeout    time.Duration
 	redis          redisConfig
 	mongo          mongoConfig
 }
@@ -55,6 +58,9 @@ func (c *queryConfig) register(fs *flag.FlagSet) {
 		"merge the user's entries still pending in Redis into answers (read-your-writes); false: MongoDB only")
 	fs.DurationVar(&c.overlayTimeout, "overlay-timeout", 250*time.Millisecond,
 		"longest wait for Redis per answer; past it the answer is MongoDB's alone")
+	fs.DurationVar(&c.readTimeout, "read-timeout", 10*time.Second, "longest a client may take to send one request; slower ones are disconnected")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "longest the writing of one answer may take")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
 	c.redis.register(fs)
 	c.mongo.register(fs)
 }
@@ -148,6 +154,9 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		FinishedThreshold: cfg.threshold,
 		Overlay:           cfg.overlay,
 		OverlayTimeout:    cfg.overlayTimeout,
+		ReadTimeout:       cfg.readTimeout,
+		WriteTimeout:      cfg.writeTimeout,
+		IdleTimeout:       cfg.idleTimeout,
 		CORSOrigins:       origins,
 		AdminToken:        cfg.adminToken,
 		OpenAPI:           api.OpenAPI,
