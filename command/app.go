@@ -60,8 +60,8 @@ type Config struct {
 	// write timeout: every answer fits in the socket buffer, and a deadline
 	// per response showed in the profile.
 	ReadTimeout, IdleTimeout time.Duration
-	AdminToken     string        // enables /debug/pprof when set
-	OpenAPI        []byte        // served at /openapi.json when set
+	AdminToken               string // enables /debug/pprof when set
+	OpenAPI                  []byte // served at /openapi.json when set
 }
 
 // DefaultConfig returns the documented defaults.
