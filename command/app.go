@@ -60,8 +60,11 @@ type Config struct {
 	// write timeout: every answer fits in the socket buffer, and a deadline
 	// per response showed in the profile.
 	ReadTimeout, IdleTimeout time.Duration
-	AdminToken               string // enables /debug/pprof when set
-	OpenAPI                  []byte // served at /openapi.json when set
+	// MaxConns bounds open client connections, each of which holds a
+	// goroutine and its buffers; past it a new connection gets 503.
+	MaxConns   int
+	AdminToken string // enables /debug/pprof when set
+	OpenAPI    []byte // served at /openapi.json when set
 }
 
 // DefaultConfig returns the documented defaults.
@@ -72,6 +75,7 @@ func DefaultConfig() Config {
 		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 		StatsInterval: time.Second,
 		ReadTimeout:   30 * time.Second, IdleTimeout: 120 * time.Second,
+		MaxConns: 50_000,
 	}
 }
 
@@ -119,6 +123,8 @@ func (cfg Config) Validate() error {
 		return errors.New("--read-timeout must be positive: without it a slow client holds a connection for ever")
 	case cfg.IdleTimeout < 0:
 		return errors.New("--idle-timeout must not be negative")
+	case cfg.MaxConns <= 0:
+		return errors.New("--max-conns must be positive")
 	}
 	return nil
 }
@@ -149,6 +155,7 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 		DisableStartupMessage: true,
 		ReadTimeout:           cfg.ReadTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
+		Concurrency:           cfg.MaxConns,
 	})
 	s.routes(gatherer)
 	s.ready.Store(true)

@@ -66,6 +66,9 @@ type Config struct {
 	// answer (10s each when 0); IdleTimeout bounds a keep-alive connection's
 	// wait for its next request (2m when 0).
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MaxConns bounds open client connections (50,000 when 0); past it a
+	// new connection gets 503.
+	MaxConns int
 	// CORSOrigins lists the origins (scheme://host[:port]) browsers may call
 	// the API from; empty turns CORS off.
 	CORSOrigins []string
@@ -132,6 +135,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			*d.t = d.def
 		}
 	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = 50_000
+	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
@@ -191,6 +197,7 @@ func (s *Server) routes() *fiber.App {
 		ReadTimeout:           s.cfg.ReadTimeout,
 		WriteTimeout:          s.cfg.WriteTimeout,
 		IdleTimeout:           s.cfg.IdleTimeout,
+		Concurrency:           s.cfg.MaxConns,
 		// Only GET requests: nothing to read.
 		BodyLimit: 4 << 10,
 	})

@@ -45,6 +45,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.api.BodyLimit, "body-limit", d.BodyLimit, "largest request body in bytes (413 above)")
 	fs.DurationVar(&c.api.ReadTimeout, "read-timeout", d.ReadTimeout, "longest a client may take to send one request; slower ones are disconnected")
 	fs.DurationVar(&c.api.IdleTimeout, "idle-timeout", d.IdleTimeout, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
+	fs.IntVar(&c.api.MaxConns, "max-conns", d.MaxConns, "most open client connections, each a goroutine with ~16 KiB of buffers; past it new connections get 503")
 	fs.IntVar(&c.api.BatchMaxEvents, "batch-max-events", d.BatchMaxEvents, "most events in one POST /v1/progress/batch")
 	fs.DurationVar(&c.api.MaxEventAge, "max-event-age", d.MaxEventAge, "largest age (sent_at - ts) an event may claim")
 	fs.Float64Var(&c.api.RateLimit, "rate-limit", d.RateLimit, "requests per second per user, sustained (0: no limit)")

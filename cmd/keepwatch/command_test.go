@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -233,20 +234,8 @@ func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
 // that never finishes its request, and --idle-timeout a keep-alive
 // connection that sends nothing more, on both APIs.
 func TestServersDropSlowAndIdleConnections(t *testing.T) {
-	r := testenv.StartRedis(t)
-	m := testenv.StartMongo(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done, out := startMain(t, ctx, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(),
-		"--auth-secret", "s1", "--read-timeout", "300ms", "--idle-timeout", "300ms")
-	waitStatus(t, "http://"+addr+"/readyz", http.StatusOK)
-	queryBase, _ := startQuery(t, map[string]string{
-		"KEEPWATCH_MONGO_URI": m.URI, "KEEPWATCH_MONGO_DB": m.Database, "KEEPWATCH_MIGRATE": "true",
-		"KEEPWATCH_REDIS_URL": r.URL(), "KEEPWATCH_AUTH_SECRET": "s1",
-		"KEEPWATCH_READ_TIMEOUT": "300ms", "KEEPWATCH_IDLE_TIMEOUT": "300ms",
-	})
-	for name, a := range map[string]string{"command": addr, "query": strings.TrimPrefix(queryBase, "http://")} {
+	apis := startBothAPIs(t, map[string]string{"read-timeout": "300ms", "idle-timeout": "300ms"})
+	for name, a := range apis {
 		t.Run(name+" slow request", func(t *testing.T) {
 			expectClosed(t, a, "GET /healthz HTTP/1.1\r\nHost: x\r\n", false) // no end of headers
 		})
@@ -254,10 +243,37 @@ func TestServersDropSlowAndIdleConnections(t *testing.T) {
 			expectClosed(t, a, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true)
 		})
 	}
-	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("command exit code %d\n%s", code, out)
+}
+
+// startBothAPIs starts `keepwatch command` and `keepwatch query`, on their
+// own Redis and MongoDB, both with the flags given (name → value), and
+// returns their addresses by name. Both are stopped when the test ends.
+func startBothAPIs(t *testing.T, flags map[string]string) map[string]string {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	m := testenv.StartMongo(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	args := []string{"command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(), "--auth-secret", "s1"}
+	vars := map[string]string{
+		"KEEPWATCH_MONGO_URI": m.URI, "KEEPWATCH_MONGO_DB": m.Database, "KEEPWATCH_MIGRATE": "true",
+		"KEEPWATCH_REDIS_URL": r.URL(), "KEEPWATCH_AUTH_SECRET": "s1",
 	}
+	for name, v := range flags {
+		args = append(args, "--"+name, v)
+		vars["KEEPWATCH_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_"))] = v
+	}
+	done, out := startMain(t, ctx, args...)
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("command exit code %d\n%s", code, out)
+		}
+	})
+	waitStatus(t, "http://"+addr+"/readyz", http.StatusOK)
+	queryBase, _ := startQuery(t, vars)
+	http.DefaultClient.CloseIdleConnections() // the readiness polls' keep-alive connections
+	return map[string]string{"command": addr, "query": strings.TrimPrefix(queryBase, "http://")}
 }
 
 // expectClosed sends req on a new connection and fails unless the server
@@ -283,4 +299,66 @@ func expectClosed(t *testing.T, addr, req string, answered bool) {
 	if answered != strings.HasPrefix(string(got), "HTTP/1.1 200") {
 		t.Fatalf("before closing the server sent %q; answered = %v", got, answered)
 	}
+}
+
+// TestServersBoundConnections: past --max-conns open connections, a new
+// connection gets 503 and is closed, on both APIs, while the open ones are
+// still served.
+func TestServersBoundConnections(t *testing.T) {
+	for name, a := range startBothAPIs(t, map[string]string{"max-conns": "2"}) {
+		t.Run(name, func(t *testing.T) {
+			// The server frees a closed connection's slot when its read
+			// fails, which may lag the close: retry until two are served.
+			var held []*bufio.ReadWriter
+			deadline := time.Now().Add(10 * time.Second)
+			for len(held) < 2 {
+				c, err := net.Dial("tcp", a)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				rw := bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+				if status := healthz(t, rw); status == http.StatusOK {
+					held = append(held, rw)
+				} else if time.Now().After(deadline) {
+					t.Fatalf("connection %d: status %d", len(held)+1, status)
+				}
+			}
+			c, err := net.Dial("tcp", a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if status := healthz(t, bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))); status != http.StatusServiceUnavailable {
+				t.Fatalf("third connection: status %d, want 503", status)
+			}
+			for i, rw := range held {
+				if status := healthz(t, rw); status != http.StatusOK {
+					t.Fatalf("held connection %d: status %d after the refusal", i+1, status)
+				}
+			}
+		})
+	}
+}
+
+// healthz sends GET /healthz on rw and returns the answer's status.
+func healthz(t *testing.T, rw *bufio.ReadWriter) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://x/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := req.Write(rw); err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(rw.Reader, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -36,6 +36,7 @@ type queryConfig struct {
 	readTimeout    time.Duration
 	writeTimeout   time.Duration
 	idleTimeout    time.Duration
+	maxConns       int
 	redis          redisConfig
 	mongo          mongoConfig
 }
@@ -61,6 +62,7 @@ func (c *queryConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.readTimeout, "read-timeout", 10*time.Second, "longest a client may take to send one request; slower ones are disconnected")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "longest the writing of one answer may take")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
+	fs.IntVar(&c.maxConns, "max-conns", 50_000, "most open client connections, each a goroutine with ~16 KiB of buffers; past it new connections get 503")
 	c.redis.register(fs)
 	c.mongo.register(fs)
 }
@@ -157,6 +159,7 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		ReadTimeout:       cfg.readTimeout,
 		WriteTimeout:      cfg.writeTimeout,
 		IdleTimeout:       cfg.idleTimeout,
+		MaxConns:          cfg.maxConns,
 		CORSOrigins:       origins,
 		AdminToken:        cfg.adminToken,
 		OpenAPI:           api.OpenAPI,
