@@ -1002,3 +1002,30 @@ func TestBatchRepeatingOneNewVideoFitsUnderHighWater(t *testing.T) {
 		t.Fatalf("stored %v", got)
 	}
 }
+
+// TestPprofNeedsTheAdminToken: the profiler is served only with
+// --admin-token set, and only to a request bearing exactly that token.
+func TestPprofNeedsTheAdminToken(t *testing.T) {
+	e := newEnv(t, func(s *setup) { s.cfg.AdminToken = "adm1n" })
+	for name, tc := range map[string]struct {
+		auth string
+		want int
+	}{
+		"no token":         {"", http.StatusUnauthorized},
+		"wrong token":      {"Bearer adm1m", http.StatusUnauthorized},
+		"longer token":     {"Bearer adm1n2", http.StatusUnauthorized},
+		"a player's token": {"Bearer " + token(t, "p"), http.StatusUnauthorized},
+		"admin token":      {"Bearer adm1n", http.StatusOK},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := e.do(req{method: http.MethodGet, path: "/debug/pprof/cmdline", auth: tc.auth})
+			if r.status != tc.want {
+				t.Fatalf("status %d, want %d", r.status, tc.want)
+			}
+		})
+	}
+	off := newEnv(t)
+	if r := off.do(req{method: http.MethodGet, path: "/debug/pprof/cmdline", auth: "Bearer "}); r.status != http.StatusNotFound {
+		t.Fatalf("without --admin-token: status %d, want 404", r.status)
+	}
+}

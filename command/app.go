@@ -6,6 +6,7 @@ package command
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -202,7 +203,9 @@ func (s *Service) routes(gatherer prometheus.Gatherer) {
 func mountPprof(app *fiber.App, token string) {
 	want := []byte("Bearer " + token)
 	g := app.Group("/debug/pprof", func(c *fiber.Ctx) error {
-		if !bytes.Equal(c.Request().Header.Peek(fiber.HeaderAuthorization), want) {
+		// Constant time: a compare that stops at the first wrong byte lets a
+		// caller find the token byte by byte from response times.
+		if subtle.ConstantTimeCompare(c.Request().Header.Peek(fiber.HeaderAuthorization), want) != 1 {
 			return problem.Write(c, keepwatch.Errorf(keepwatch.EUNAUTHORIZED, "the admin token is required"))
 		}
 		return c.Next()
