@@ -99,6 +99,7 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(verifier.Collectors("command")...)
 	svc, err := command.New(apiCfg, buf, verifier, reg, reg, log)
 	if err != nil {
 		_ = client.Close()

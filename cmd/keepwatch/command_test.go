@@ -85,8 +85,11 @@ func TestCommandServesThenDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := postProgress(t, base, tok, `{"video_id":"v1","percent":42.5}`); code != http.StatusAccepted {
-		t.Fatalf("POST = %d, want 202\n%s", code, out)
+	// Two posts with one token: one verification, the second from the cache.
+	for _, pct := range []string{"42.5", "43"} {
+		if code := postProgress(t, base, tok, `{"video_id":"v1","percent":`+pct+`}`); code != http.StatusAccepted {
+			t.Fatalf("POST = %d, want 202\n%s", code, out)
+		}
 	}
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
@@ -94,8 +97,14 @@ func TestCommandServesThenDrains(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(metrics), "keepwatch_events_accepted_total 1\n") {
-		t.Fatalf("/metrics does not count the accepted event:\n%s", metrics)
+	for _, want := range []string{
+		"keepwatch_events_accepted_total 2\n",
+		`keepwatch_token_verifications_total{service="command"} 1` + "\n",
+		`keepwatch_token_cache_entries{service="command"} 1` + "\n",
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Fatalf("/metrics lacks %q:\n%s", want, metrics)
+		}
 	}
 
 	cancel()

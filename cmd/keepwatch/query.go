@@ -152,6 +152,7 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(verifier.Collectors("query")...)
 	svc, err := query.New(query.Config{
 		FinishedThreshold: cfg.threshold,
 		Overlay:           cfg.overlay,

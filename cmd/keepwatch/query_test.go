@@ -98,8 +98,9 @@ func TestQueryServes(t *testing.T) {
 	if resp, body := getAs(t, base+"/openapi.json", ""); resp.StatusCode != 200 || !strings.Contains(body, `"openapi"`) {
 		t.Fatalf("openapi.json: %d", resp.StatusCode)
 	}
-	if resp, body := getAs(t, base+"/metrics", ""); resp.StatusCode != 200 || !strings.Contains(body, "keepwatch_query_overlay_hits_total") {
-		t.Fatalf("metrics: %d", resp.StatusCode)
+	if resp, body := getAs(t, base+"/metrics", ""); resp.StatusCode != 200 || !strings.Contains(body, "keepwatch_query_overlay_hits_total") ||
+		!strings.Contains(body, `keepwatch_token_verifications_total{service="query"} 1`+"\n") {
+		t.Fatalf("metrics: %d, want the overlay counters and one token verification:\n%s", resp.StatusCode, body)
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
