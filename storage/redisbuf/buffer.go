@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,6 +119,16 @@ const shardsKey = "kw:shards"
 // stopped.
 func (b *Buffer) CheckShards(ctx context.Context) error {
 	want := strconv.Itoa(b.shards)
+	switch err := b.c.Get(ctx, shardsKey).Err(); {
+	case errors.Is(err, redis.Nil):
+		// Nothing recorded: a new buffer, or one written by a build that did
+		// not record its count. Check that what is there fits this count.
+		if err := b.checkLayout(ctx); err != nil {
+			return err
+		}
+	case err != nil:
+		return unavailable("check the buffer's shard count", err)
+	}
 	prev, err := recordShardsScript.Run(ctx, b.c, []string{shardsKey}, want, "").Int()
 	if err != nil {
 		return unavailable("check the buffer's shard count", err)
@@ -154,6 +165,43 @@ func (b *Buffer) CheckShards(ctx context.Context) error {
 	}
 	if again != 0 {
 		return fmt.Errorf("the buffer's shard count changed to %d while this process checked it; --redis-shards is %d", again, b.shards)
+	}
+	return nil
+}
+
+// layoutSample is how many pending entries per shard checkLayout reads.
+const layoutSample = 16
+
+// checkLayout looks for entries written under another shard count where none
+// is recorded: any entry in a shard past this count, or a sampled entry whose
+// user hashes to another shard under this count.
+func (b *Buffer) checkLayout(ctx context.Context) error {
+	pipe := b.c.Pipeline()
+	samples := make([]*redis.StringSliceCmd, b.shards)
+	for s := range b.shards {
+		samples[s] = pipe.ZRange(ctx, b.ageKey(s), 0, layoutSample-1)
+	}
+	beyond := make([]*redis.IntCmd, maxShards-b.shards)
+	for i := range beyond {
+		beyond[i] = pipe.Exists(ctx, shardTag(b.shards+i)+"a")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return unavailable("check the buffer's layout", err)
+	}
+	for i, c := range beyond {
+		if c.Val() > 0 {
+			return fmt.Errorf("redis holds entries in shard %d, beyond --redis-shards %d: they were buffered with a larger count. "+
+				"Use that count (at least %d), or let a flusher with it drain the buffer first", b.shards+i, b.shards, b.shards+i+1)
+		}
+	}
+	for s, c := range samples {
+		for _, m := range c.Val() {
+			user := m[:max(0, strings.LastIndexByte(m, '/'))] // video ids have no '/'
+			if got := b.ShardOf(user); got != s {
+				return fmt.Errorf("redis holds entries buffered with another --redis-shards than %d (user %q is in shard %d, and belongs in %d): "+
+					"use the count they were written with, or let a flusher with it drain the buffer first", b.shards, user, s, got)
+			}
+		}
 	}
 	return nil
 }

@@ -280,6 +280,45 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			t.Fatalf("check with 4 shards over entries written with 8 = %v, want an error", err)
 		}
 	})
+	t.Run("with no count recorded, entries are checked against this count", func(t *testing.T) {
+		// As after an upgrade from a build that recorded no count: entries
+		// are written without CheckShards.
+		four := newBuffer(t, c, redisbuf.Options{Shards: 4})
+		eight := newBuffer(t, c, redisbuf.Options{Shards: 8})
+		user := func(fits func(string) bool) string {
+			for {
+				if u := fmt.Sprintf("user/%d", rand.Int()); fits(u) { // a '/' in the id, as ids may have
+					return u
+				}
+			}
+		}
+		for _, tc := range []struct {
+			name          string
+			writer, check *redisbuf.Buffer
+			u             string
+			ok            bool
+		}{
+			{"same count", four, four, user(func(string) bool { return true }), true},
+			{"fewer shards than written, entry beyond them", eight, four, user(func(u string) bool { return eight.ShardOf(u) >= 4 }), false},
+			{"more shards than written, entry in the wrong one", four, eight, user(func(u string) bool { return eight.ShardOf(u) != four.ShardOf(u) }), false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				reset(t)
+				apply(t, tc.writer, tc.u, redisbuf.Entry{VideoID: "v", State: st(1000, 10)})
+				err := tc.check.CheckShards(ctx)
+				if tc.ok != (err == nil) {
+					t.Fatalf("CheckShards = %v, want ok = %v", err, tc.ok)
+				}
+				if !tc.ok && !strings.Contains(err.Error(), "--redis-shards") {
+					t.Fatalf("error %q does not name the flag", err)
+				}
+				// A refusal records nothing: the writer's count still passes.
+				if err := tc.writer.CheckShards(ctx); err != nil {
+					t.Fatalf("the writer's own count after the check: %v", err)
+				}
+			})
+		}
+	})
 	t.Run("high-water mark refuses growth, all or nothing", func(t *testing.T) {
 		reset(t)
 		b := newBuffer(t, c, redisbuf.Options{Shards: 1, HighWater: 2})
