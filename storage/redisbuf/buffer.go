@@ -90,7 +90,7 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 		tag := shardTag(i)
 		b.tags = append(b.tags, tag)
 		b.queueKeys = append(b.queueKeys, tag+"q")
-		b.ageKeys = append(b.ageKeys, tag+"a")
+		b.ageKeys = append(b.ageKeys, ageKeyOf(i))
 	}
 	// A *redis.Client talks to one server (or a failover set), where a
 	// script may touch every shard; any other client may spread keys over
@@ -103,6 +103,10 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 
 // shardTag is the key prefix of shard i, with its hash tag.
 func shardTag(i int) string { return fmt.Sprintf("kw:{kw%02d}:", i) }
+
+// ageKeyOf is shard i's age zset under any shard count; a Buffer keeps its
+// own shards' keys in ageKeys.
+func ageKeyOf(i int) string { return shardTag(i) + "a" }
 
 // shardsKey records the shard count the buffered entries were written with.
 const shardsKey = "kw:shards"
@@ -140,19 +144,15 @@ func (b *Buffer) CheckShards(ctx context.Context) error {
 		return fmt.Errorf("%s holds %d, not a shard count (1–%d)", shardsKey, prev, maxShards)
 	}
 	// Recorded under another count: count what is pending under it.
-	cmds := make([]*redis.IntCmd, prev)
-	pipe := b.c.Pipeline()
-	for i := range prev {
-		cmds[i] = pipe.ZCard(ctx, shardTag(i)+"a")
+	ageKeys := make([]string, prev)
+	for i := range ageKeys {
+		ageKeys[i] = ageKeyOf(i)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return unavailable("count the entries pending under the recorded shard count", err)
+	st, err := b.stats(ctx, ageKeys)
+	if err != nil {
+		return err
 	}
-	var pending int64
-	for _, c := range cmds {
-		pending += c.Val()
-	}
-	if pending > 0 {
+	if pending := st.Pending; pending > 0 {
 		return fmt.Errorf("redis holds %d entries buffered with --redis-shards %d, and this process has %d: "+
 			"under another count they would never be flushed or read. Use --redis-shards %d, "+
 			"or stop every writer and let `keepwatch flush --redis-shards %d` drain the buffer before changing it",
@@ -183,7 +183,7 @@ func (b *Buffer) checkLayout(ctx context.Context) error {
 	}
 	beyond := make([]*redis.IntCmd, maxShards-b.shards)
 	for i := range beyond {
-		beyond[i] = pipe.Exists(ctx, shardTag(b.shards+i)+"a")
+		beyond[i] = pipe.Exists(ctx, ageKeyOf(b.shards+i))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return unavailable("check the buffer's layout", err)
@@ -490,20 +490,24 @@ type Stats = keepwatch.BufferStats
 
 // Stats reads the pending count and the oldest pending time: two O(1)/O(log n)
 // commands per shard in one pipeline.
-func (b *Buffer) Stats(ctx context.Context) (Stats, error) {
+func (b *Buffer) Stats(ctx context.Context) (Stats, error) { return b.stats(ctx, b.ageKeys) }
+
+// stats is Stats over the shards whose age zsets are ageKeys, which may be
+// another shard count's (CheckShards).
+func (b *Buffer) stats(ctx context.Context, ageKeys []string) (Stats, error) {
 	pipe := b.c.Pipeline()
-	cards := make([]*redis.IntCmd, b.shards)
-	firsts := make([]*redis.ZSliceCmd, b.shards)
-	for s := range b.shards {
-		cards[s] = pipe.ZCard(ctx, b.ageKey(s))
-		firsts[s] = pipe.ZRangeWithScores(ctx, b.ageKey(s), 0, 0)
+	cards := make([]*redis.IntCmd, len(ageKeys))
+	firsts := make([]*redis.ZSliceCmd, len(ageKeys))
+	for s, k := range ageKeys {
+		cards[s] = pipe.ZCard(ctx, k)
+		firsts[s] = pipe.ZRangeWithScores(ctx, k, 0, 0)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return Stats{}, unavailable("buffer stats", err)
 	}
 	var st Stats
 	oldest := int64(-1)
-	for s := range b.shards {
+	for s := range ageKeys {
 		st.Pending += cards[s].Val()
 		if z := firsts[s].Val(); len(z) > 0 && (oldest < 0 || int64(z[0].Score) < oldest) {
 			oldest = int64(z[0].Score)
