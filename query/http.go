@@ -52,6 +52,15 @@ const readyTimeout = 2 * time.Second
 // the last flush interval.
 const OverlayHeader = "X-Keepwatch-Overlay"
 
+// Defaults of the connection bounds, for a Config field left 0 and for the
+// flags of `keepwatch query`.
+const (
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultIdleTimeout  = 2 * time.Minute
+	DefaultMaxConns     = 50_000
+)
+
 // Config configures the query service.
 type Config struct {
 	// FinishedThreshold is the percent at or above which a video is
@@ -63,12 +72,11 @@ type Config struct {
 	// OverlayTimeout bounds the Redis read of an answer; 250ms when 0.
 	OverlayTimeout time.Duration
 	// ReadTimeout and WriteTimeout bound reading one request and writing its
-	// answer (10s each when 0); IdleTimeout bounds a keep-alive connection's
-	// wait for its next request (2m when 0).
+	// answer; IdleTimeout bounds a keep-alive connection's wait for its next
+	// request. MaxConns bounds open client connections; past it a new
+	// connection gets 503. Each is its Default constant when 0.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
-	// MaxConns bounds open client connections (50,000 when 0); past it a
-	// new connection gets 503.
-	MaxConns int
+	MaxConns                               int
 	// CORSOrigins lists the origins (scheme://host[:port]) browsers may call
 	// the API from; empty turns CORS off.
 	CORSOrigins []string
@@ -130,13 +138,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	for _, d := range []struct {
 		t   *time.Duration
 		def time.Duration
-	}{{&cfg.ReadTimeout, 10 * time.Second}, {&cfg.WriteTimeout, 10 * time.Second}, {&cfg.IdleTimeout, 2 * time.Minute}} {
+	}{{&cfg.ReadTimeout, DefaultReadTimeout}, {&cfg.WriteTimeout, DefaultWriteTimeout}, {&cfg.IdleTimeout, DefaultIdleTimeout}} {
 		if *d.t <= 0 {
 			*d.t = d.def
 		}
 	}
 	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 50_000
+		cfg.MaxConns = DefaultMaxConns
 	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()

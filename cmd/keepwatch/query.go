@@ -59,10 +59,10 @@ func (c *queryConfig) register(fs *flag.FlagSet) {
 		"merge the user's entries still pending in Redis into answers (read-your-writes); false: MongoDB only")
 	fs.DurationVar(&c.overlayTimeout, "overlay-timeout", 250*time.Millisecond,
 		"longest wait for Redis per answer; past it the answer is MongoDB's alone")
-	fs.DurationVar(&c.readTimeout, "read-timeout", 10*time.Second, "longest a client may take to send one request; slower ones are disconnected")
-	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "longest the writing of one answer may take")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
-	fs.IntVar(&c.maxConns, "max-conns", 50_000, "most open client connections, each a goroutine with ~16 KiB of buffers; past it new connections get 503")
+	fs.DurationVar(&c.readTimeout, "read-timeout", query.DefaultReadTimeout, "longest a client may take to send one request; slower ones are disconnected")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", query.DefaultWriteTimeout, "longest the writing of one answer may take")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", query.DefaultIdleTimeout, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
+	fs.IntVar(&c.maxConns, "max-conns", query.DefaultMaxConns, "most open client connections, each a goroutine with ~16 KiB of buffers; past it new connections get 503")
 	c.redis.register(fs)
 	c.mongo.register(fs)
 }
@@ -129,18 +129,15 @@ func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appN
 		// Redis is optional for reads: the client reconnects by itself, and
 		// until it does answers come from MongoDB alone.
 		pctx, cancel := context.WithTimeout(ctx, cfg.redis.timeout)
-		err = buf.Ping(pctx)
-		if err == nil {
+		if err := buf.Ping(pctx); err != nil {
+			log.Warn("redis unreachable: answering from mongodb alone until it answers", "err", err)
+		} else if err := buf.MatchesShards(pctx); err != nil {
 			// A wrong count would overlay nothing: refuse rather than serve
 			// stale progress while Redis holds newer.
-			if err := buf.MatchesShards(pctx); err != nil {
-				cancel()
-				_ = c.Close()
-				_ = store.Close(context.WithoutCancel(ctx))
-				return nil, err
-			}
-		} else {
-			log.Warn("redis unreachable: answering from mongodb alone until it answers", "err", err)
+			cancel()
+			_ = c.Close()
+			_ = store.Close(context.WithoutCancel(ctx))
+			return nil, err
 		}
 		cancel()
 	}
