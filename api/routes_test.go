@@ -21,6 +21,7 @@ import (
 	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/migrations"
 	"github.com/keepwatch/keepwatch/query"
@@ -50,11 +51,15 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := command.DefaultConfig()
+	cfg := command.DefaultEdge()
 	cfg.AdminToken = adminToken
 	cfg.OpenAPI = api.OpenAPI
 	reg := prometheus.NewRegistry()
-	cmd, err := command.New(cfg, buf, verifier, reg, reg, log)
+	cmdShell, err := edge.New(cfg, edge.Deps{Verifier: verifier, Ready: buf.Ping, Registerer: reg, Gatherer: reg, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := command.New(command.DefaultConfig(), cmdShell, buf, reg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +69,8 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		_ = cmd.Shutdown(context.Background())
+		_ = cmdShell.Shutdown(context.Background())
+		cmd.Close()
 	})
 
 	m := testenv.StartMongo(t)
@@ -80,13 +86,18 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	qcfg := query.DefaultEdge()
+	qcfg.AdminToken = adminToken
+	qcfg.OpenAPI = api.OpenAPI
 	qreg := prometheus.NewRegistry()
-	q, err := query.New(query.Config{Overlay: true, AdminToken: adminToken, OpenAPI: api.OpenAPI, Registerer: qreg, Gatherer: qreg, Logger: log},
-		query.Deps{Store: reader, Pending: buf, Verifier: verifier, Ready: store.Ping})
+	queryShell, err := edge.New(qcfg, edge.Deps{Verifier: verifier, Ready: store.Ping, Registerer: qreg, Gatherer: qreg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cmd.App(), q.App()
+	if _, err := query.New(query.Config{Overlay: true}, queryShell, query.Deps{Store: reader, Pending: buf}, qreg); err != nil {
+		t.Fatal(err)
+	}
+	return cmdShell.App(), queryShell.App()
 }
 
 var fiberParam = regexp.MustCompile(`:([A-Za-z0-9_]+)\??`)
@@ -231,8 +242,8 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 			reqs = append(reqs, req{app: app, method: "GET", path: p, want: 200})
 		}
 		reqs = append(reqs,
-			req{app: app, method: "GET", path: "/debug/pprof/cmdline", want: 401},
-			req{app: app, method: "GET", path: "/debug/pprof/cmdline", auth: adminToken, want: 200})
+			req{app: app, method: "GET", path: "/debug/pprof/heap", want: 401},
+			req{app: app, method: "GET", path: "/debug/pprof/heap?debug=1", auth: adminToken, want: 200})
 	}
 	seen := map[string]bool{}
 	for _, r := range reqs {

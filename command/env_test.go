@@ -22,6 +22,7 @@ import (
 	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
@@ -50,6 +51,7 @@ type env struct {
 	t     testing.TB
 	redis *testenv.Redis
 	buf   *redisbuf.Buffer
+	shell *edge.Shell
 	svc   *command.Service
 	reg   *prometheus.Registry
 	clock *clock
@@ -66,13 +68,14 @@ func (e *env) listen() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	go func() { _ = e.svc.App().Listener(ln) }()
+	go func() { _ = e.shell.Serve(ln) }()
 	e.base = "http://" + ln.Addr().String()
 }
 
 // setup configures an env before it is built.
 type setup struct {
 	cfg    command.Config
+	edge   edge.Config
 	opts   redisbuf.Options
 	client redis.Options // Addr is filled in
 }
@@ -82,8 +85,8 @@ type setup struct {
 // frozen clock.
 func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	t.Helper()
-	s := setup{cfg: command.DefaultConfig(), opts: redisbuf.Options{Shards: 4}}
-	s.cfg.RateLimit = 0
+	s := setup{cfg: command.DefaultConfig(), edge: command.DefaultEdge(), opts: redisbuf.Options{Shards: 4}}
+	s.edge.Rate.Limit = 0
 	for _, m := range mods {
 		m(&s)
 	}
@@ -99,19 +102,26 @@ func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As cmd/keepwatch does: the service label comes from the registerer.
 	reg := prometheus.NewRegistry()
+	sreg := prometheus.WrapRegistererWith(prometheus.Labels{"service": "command"}, reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := command.New(s.cfg, buf, v, reg, reg, log)
+	shell, err := edge.New(s.edge, edge.Deps{Verifier: v, Ready: buf.Ping, Registerer: sreg, Gatherer: reg, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := command.New(s.cfg, shell, buf, sreg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = svc.Shutdown(ctx)
+		_ = shell.Shutdown(ctx)
+		svc.Close()
 	})
-	e := &env{t: t, redis: r, buf: buf, svc: svc, reg: reg, clock: newClock(start)}
-	svc.SetClock(e.clock.now)
+	e := &env{t: t, redis: r, buf: buf, shell: shell, svc: svc, reg: reg, clock: newClock(start)}
+	shell.SetClock(e.clock.now)
 	return e
 }
 
@@ -189,7 +199,7 @@ func (e *env) try(r req) (resp, error) {
 		hr.Host = hr.URL.Host
 		res, err = http.DefaultClient.Do(hr)
 	} else {
-		res, err = e.svc.App().Test(hr, -1)
+		res, err = e.shell.App().Test(hr, -1)
 	}
 	if err != nil {
 		return resp{}, fmt.Errorf("%s %s: %w", r.method, r.path, err)

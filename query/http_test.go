@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,9 +12,11 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/migrations"
 	"github.com/keepwatch/keepwatch/query"
@@ -86,7 +89,7 @@ type problem struct {
 }
 
 func TestKeepWatchingThreshold(t *testing.T) {
-	e := newEnv(t, func(c *query.Config) { c.FinishedThreshold = 80 })
+	e := newEnv(t, func(s *setup) { s.cfg.FinishedThreshold = 80 })
 	e.stored("alice", "a", at(base+1, 79.999))
 	e.stored("alice", "b", at(base+2, 80))
 	e.pend("alice", "c", at(base+3, 85))
@@ -332,7 +335,7 @@ func TestETag(t *testing.T) {
 			t.Fatalf("status %d, ETag %q unchanged", resp.StatusCode, resp.Header.Get("ETag"))
 		}
 	})
-	if !strings.Contains(metrics(t, e), "keepwatch_query_not_modified_total 12") {
+	if !strings.Contains(metrics(t, e), `keepwatch_query_not_modified_total{service="query"} 12`) {
 		t.Fatalf("not-modified count missing:\n%s", metrics(t, e))
 	}
 }
@@ -369,7 +372,7 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("readyz without Redis: %d", resp.StatusCode)
 	}
 	m := metrics(t, e)
-	for _, want := range []string{"keepwatch_query_overlay_errors_total 3", "keepwatch_query_overlay_hits_total 1"} {
+	for _, want := range []string{`keepwatch_query_overlay_errors_total{service="query"} 3`, `keepwatch_query_overlay_hits_total{service="query"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, m)
 		}
@@ -395,8 +398,8 @@ func TestMongoDown(t *testing.T) {
 		t.Fatalf("readyz without MongoDB: %d", resp.StatusCode)
 	}
 	m := metrics(t, e)
-	for _, want := range []string{"keepwatch_query_mongo_errors_total 3", `keepwatch_ready{service="query"} 0`,
-		`keepwatch_http_request_duration_seconds_count{code="503",route="/v1/progress/:video_id",service="query"} 1`} {
+	for _, want := range []string{`keepwatch_query_mongo_errors_total{service="query"} 3`, `keepwatch_ready{service="query"} 0`,
+		`keepwatch_http_request_duration_seconds_count{code="503",route="/v1/progress/{video_id}",service="query"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, m)
 		}
@@ -419,7 +422,7 @@ func TestDrain(t *testing.T) {
 	if resp := e.get("", "/readyz"); resp.StatusCode != 200 {
 		t.Fatalf("readyz: %d", resp.StatusCode)
 	}
-	e.srv.Drain()
+	e.shell.Drain()
 	if resp := e.get("", "/readyz"); resp.StatusCode != 503 {
 		t.Fatalf("readyz while draining: %d", resp.StatusCode)
 	}
@@ -452,7 +455,7 @@ func TestCORS(t *testing.T) {
 		}
 	})
 	t.Run("allowed origins", func(t *testing.T) {
-		e := newEnv(t, func(c *query.Config) { c.CORSOrigins = []string{origin, "http://localhost:3000"} })
+		e := newEnv(t, func(s *setup) { s.edge.CORS.Origins = []string{origin, "http://localhost:3000"} })
 		resp := e.get("alice", "/v1/keep-watching", "Origin", origin)
 		if h := resp.Header.Get("Access-Control-Allow-Origin"); h != origin {
 			t.Fatalf("Access-Control-Allow-Origin %q", h)
@@ -471,7 +474,9 @@ func TestCORS(t *testing.T) {
 		}
 	})
 	t.Run("bad origin refused", func(t *testing.T) {
-		_, err := query.New(query.Config{CORSOrigins: []string{"app.example.com"}}, query.Deps{})
+		cfg := query.DefaultEdge()
+		cfg.CORS.Origins = []string{"app.example.com"}
+		_, err := edge.New(cfg, edge.Deps{Ready: func(context.Context) error { return nil }, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
 			t.Fatal("no error")
 		}

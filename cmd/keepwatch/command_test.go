@@ -98,7 +98,7 @@ func TestCommandServesThenDrains(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		"keepwatch_events_accepted_total 2\n",
+		`keepwatch_events_accepted_total{service="command"} 2` + "\n",
 		`keepwatch_token_verifications_total{service="command"} 1` + "\n",
 		`keepwatch_token_cache_entries{service="command"} 1` + "\n",
 	} {

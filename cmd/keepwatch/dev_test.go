@@ -130,7 +130,7 @@ func (r *devRun) keepWatching(token string) string {
 // n documents to MongoDB.
 func (r *devRun) waitFlushed(n int) {
 	r.t.Helper()
-	re := regexp.MustCompile(`(?m)^keepwatch_flush_written_total (\S+)$`)
+	re := regexp.MustCompile(`(?m)^keepwatch_flush_written_total\{service="command"\} (\S+)$`)
 	for {
 		resp, err := http.Get(r.cmdURL + "/metrics")
 		if err != nil {

@@ -49,7 +49,8 @@ func waitMongo(t *testing.T, db *mgo.Database, want map[string]float64) {
 	}
 }
 
-// metric reads one unlabelled sample from a /metrics page.
+// metric reads one sample, name and labels as the page shows them, from a
+// /metrics page.
 func metric(t *testing.T, base, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(base + "/metrics")
@@ -58,7 +59,7 @@ func metric(t *testing.T, base, name string) float64 {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(body)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
 	if m == nil {
 		t.Fatalf("no %s in /metrics:\n%s", name, body)
 	}
@@ -120,7 +121,7 @@ func TestCommandFlushesToMongo(t *testing.T) {
 
 	want := postRounds(t, base, mintTokens(t, "s", 3), 4, 3, 1)
 	waitMongo(t, m.DB(), want)
-	if w := metric(t, base, "keepwatch_flush_written_total"); w < float64(len(want)) {
+	if w := metric(t, base, `keepwatch_flush_written_total{service="command"}`); w < float64(len(want)) {
 		t.Fatalf("keepwatch_flush_written_total = %v, want at least %d\n%s", w, len(want), out)
 	}
 	cancel()
@@ -164,7 +165,7 @@ func TestFlushSubcommandCoalesces(t *testing.T) {
 		// The counter moves right after the write MongoDB just showed.
 		var w float64
 		for deadline := time.Now().Add(30 * time.Second); w < float64(len(want)) && time.Now().Before(deadline); {
-			w = metric(t, "http://"+flushAddr, "keepwatch_flush_written_total")
+			w = metric(t, "http://"+flushAddr, `keepwatch_flush_written_total{service="flush"}`)
 		}
 		writes += w
 		fcancel()

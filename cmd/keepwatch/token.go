@@ -15,14 +15,19 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "token", "Print an HS256 bearer token for a user, signed with the first --auth-secret.")
 	user := fs.String("user", "", "user id (the token's sub); required")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
-	secret := fs.String("auth-secret", "", "HS256 secrets, comma-separated; the first one signs")
+	var sec secret
+	sec.register(fs, "auth-secret", "HS256 secrets, comma-separated; the first one signs")
 	if err := parseFlags(env, fs, args); err != nil {
 		return err
 	}
 	if *user == "" {
 		return usageError{"--user is required"}
 	}
-	first, _, _ := strings.Cut(*secret, ",")
+	secrets, err := sec.get()
+	if err != nil {
+		return err
+	}
+	first, _, _ := strings.Cut(secrets, ",")
 	if first == "" {
 		return usageError{"--auth-secret (KEEPWATCH_AUTH_SECRET) is required"}
 	}
