@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -108,7 +109,7 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	common := map[string]string{
 		"auth-secret": secrets,
 		"redis-url":   rds.URL,
-		"mongo-uri":   fdb.URI(),
+		"mongo-uri":   withPoolSize(fdb.URI(), devMongoPool),
 		"migrate":     "true",
 		// Ctrl-C should not take long on a laptop.
 		"shutdown-grace": "5s",
@@ -128,8 +129,12 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	// stops (error or Ctrl-C), the other is stopped too.
 	var g run.Group
 	// The embedded MongoDB's server side holds a descriptor per connection
-	// of the two services' pools.
-	files := fileBudget(cc.files()+qc.files()+cc.mongo.files()+qc.mongo.files(), 2)
+	// of the two services' pools, and so does an embedded Redis.
+	reserved := cc.files() + qc.files() + cc.mongo.files() + qc.mongo.files()
+	if rds.Embedded {
+		reserved += cc.redis.files() + qc.redis.files()
+	}
+	files := fileBudget(reserved, 2)
 	if err := addCommand(ctx, env, &g, &cc, "keepwatch-dev", files); err != nil {
 		return err
 	}
@@ -155,6 +160,26 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 func runDown(g *run.Group) {
 	g.Add(func() error { return errors.New("start-up failed") }, func(error) {})
 	_ = g.Run()
+}
+
+// devMongoPool bounds each service's MongoDB connections in keepwatch dev: a
+// laptop needs few, and the embedded server holds a descriptor for each, so
+// the driver's 100 would eat the open-file limit (often 1024, or less).
+const devMongoPool = 16
+
+// withPoolSize sets maxPoolSize on a MongoDB URI.
+func withPoolSize(uri string, n int) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return uri
+	}
+	q := u.Query()
+	q.Set("maxPoolSize", strconv.Itoa(n))
+	u.RawQuery = q.Encode()
+	if u.Path == "" {
+		u.Path = "/" // the URI format wants it before the options
+	}
+	return u.String()
 }
 
 // setFlags registers a service's flags on a private flag set and sets them

@@ -223,3 +223,35 @@ func TestDevWithoutRedisServerUsesEmbeddedRedis(t *testing.T) {
 		t.Fatalf("after a clean restart, keep-watching lost the pending event: %s", kw)
 	}
 }
+
+// TestDevOneRegistryServiceLabels: keepwatch dev runs command and query on
+// the one registry main builds; series of one name tell the services apart
+// by their service label, and the process's own series appear once.
+func TestDevOneRegistryServiceLabels(t *testing.T) {
+	r := startDev(t, t.TempDir())
+	for _, u := range []string{r.cmdURL, r.queryURL} {
+		r.do("GET", u+"/healthz", r.printedTok, "")
+		r.do("GET", u+"/no-such-path", r.printedTok, "")
+	}
+	for _, u := range []string{r.cmdURL, r.queryURL} {
+		_, body := r.do("GET", u+"/metrics", "", "")
+		for _, want := range []string{
+			`keepwatch_http_request_duration_seconds_count{code="200",route="/healthz",service="command"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="200",route="/healthz",service="query"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="404",route="other",service="command"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="404",route="other",service="query"} 1`,
+			`keepwatch_ready{service="command"} 1`,
+			`keepwatch_ready{service="query"} 1`,
+			`keepwatch_token_cache_entries{service="query"}`,
+		} {
+			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {
+				t.Errorf("%s/metrics lacks %s", u, want)
+			}
+		}
+		for _, once := range []string{"\ngo_goroutines ", "\nkeepwatch_build_info{"} {
+			if n := strings.Count(body, once); n != 1 {
+				t.Errorf("%s/metrics has %q %d times, want once", u, strings.TrimSpace(once), n)
+			}
+		}
+	}
+}
