@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -213,9 +214,18 @@ func TestAuth(t *testing.T) {
 					b = `{"events":[` + body + `]}`
 				}
 				nothingStored(t, e, user, func() {
-					p := e.do(req{path: path, body: b, auth: h}).problem(t, http.StatusUnauthorized)
-					if p.Type != "urn:keepwatch:problem:unauthorized" {
+					r := e.do(req{path: path, body: b, auth: h})
+					if p := r.problem(t, http.StatusUnauthorized); p.Type != "urn:keepwatch:problem:unauthorized" {
 						t.Errorf("type %q", p.Type)
+					}
+					// RFC 6750 3: the scheme always, the error only to a
+					// request that sent a bearer token.
+					want := "Bearer"
+					if strings.HasPrefix(strings.ToLower(h), "bearer ") && len(h) > len("bearer ") {
+						want = `Bearer error="invalid_token"`
+					}
+					if got := r.header.Get("WWW-Authenticate"); got != want {
+						t.Errorf("WWW-Authenticate %q, want %q", got, want)
 					}
 				})
 			}
@@ -461,6 +471,16 @@ func TestDeleteProgress(t *testing.T) {
 		want := keepwatch.State{EventTime: e.clock.millis(), Kind: keepwatch.KindDeleted, Position: unknown, Duration: unknown}
 		if got != want {
 			t.Fatalf("stored %+v, want %+v", got, want)
+		}
+	})
+	t.Run("the video id is percent-decoded", func(t *testing.T) {
+		// What encodeURIComponent("ep:1") sends.
+		user := e.user("u")
+		e.post(user, "/v1/progress", `{"video_id":"ep:1","percent":30}`).accepted(t)
+		e.clock.add(time.Second)
+		e.do(req{method: http.MethodDelete, path: "/v1/progress/ep%3A1", auth: "Bearer " + token(t, user)}).accepted(t)
+		if got := e.pending(user); len(got) != 1 || got["ep:1"].Kind != keepwatch.KindDeleted {
+			t.Fatalf("stored %+v, want ep:1 removed", got)
 		}
 	})
 	invalid := []struct {
@@ -938,10 +958,120 @@ func TestHealthAndUnknownRoutes(t *testing.T) {
 		t.Fatalf("readyz %d", r.status)
 	}
 	e.do(req{method: http.MethodGet, path: "/v1/nothing"}).problem(t, http.StatusNotFound)
+	// A known path with another method is 405 with the methods it has
+	// (DELETE /v1/progress/batch removes a video named "batch").
+	for path, allow := range map[string]string{"/v1/progress": "POST", "/v1/progress/batch": "POST, DELETE", "/v1/progress/v": "DELETE"} {
+		for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodPatch} {
+			r := e.do(req{method: method, path: path, auth: "Bearer " + token(t, "u")})
+			if p := r.problem(t, http.StatusMethodNotAllowed); p.Type != "urn:keepwatch:problem:method_not_allowed" {
+				t.Errorf("%s %s: type %q", method, path, p.Type)
+			}
+			if got := r.header.Get("Allow"); got != allow {
+				t.Errorf("%s %s: Allow %q, want %q", method, path, got, allow)
+			}
+		}
+	}
 	e.shell.Drain()
 	if r := e.do(req{method: http.MethodGet, path: "/readyz"}); r.status != http.StatusServiceUnavailable {
 		t.Fatalf("readyz %d while draining, want 503", r.status)
 	}
+}
+
+// TestTwoAuthorizationHeadersAreRefused: a proxy and keepwatch could each
+// read another of two Authorization headers; such a request is 400 and
+// stores nothing.
+func TestTwoAuthorizationHeadersAreRefused(t *testing.T) {
+	e := newEnv(t)
+	user, other := e.user("u"), e.user("other")
+	nothingStored(t, e, user, func() {
+		hr := httptest.NewRequest(http.MethodPost, "/v1/progress", strings.NewReader(`{"video_id":"v","percent":1}`))
+		hr.Header.Set("Content-Type", "application/json")
+		hr.Header.Add("Authorization", "Bearer "+token(t, user))
+		hr.Header.Add("Authorization", "Bearer "+token(t, other))
+		res, err := e.shell.App().Test(hr, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		resp{status: res.StatusCode, header: res.Header, body: b}.problem(t, http.StatusBadRequest)
+	})
+	if len(e.pending(other)) != 0 {
+		t.Fatal("stored for the second header's user")
+	}
+}
+
+// TestCORSForWebPlayers: with --cors-origins, a web player on another
+// origin can post progress with its token (the preflight allows POST and
+// DELETE with Authorization and Content-Type, and lasts long enough that a
+// keepalive fetch on page hide finds it cached), read Retry-After on a
+// refusal, and remove a video. Off by default.
+func TestCORSForWebPlayers(t *testing.T) {
+	const origin = "https://player.example.com"
+	preflight := func(e *env, method string) resp {
+		hr := httptest.NewRequest(http.MethodOptions, "/v1/progress", nil)
+		hr.Header.Set("Origin", origin)
+		hr.Header.Set("Access-Control-Request-Method", method)
+		hr.Header.Set("Access-Control-Request-Headers", "authorization,content-type")
+		res, err := e.shell.App().Test(hr, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = res.Body.Close()
+		return resp{status: res.StatusCode, header: res.Header}
+	}
+	withOrigin := func(e *env, r req) resp {
+		hr := httptest.NewRequest(r.method, r.path, strings.NewReader(r.body))
+		hr.Header.Set("Origin", origin)
+		hr.Header.Set("Authorization", r.auth)
+		if r.body != "" {
+			hr.Header.Set("Content-Type", "application/json")
+		}
+		res, err := e.shell.App().Test(hr, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		return resp{status: res.StatusCode, header: res.Header, body: b}
+	}
+	t.Run("off by default", func(t *testing.T) {
+		e := newEnv(t)
+		if r := preflight(e, "POST"); r.header.Get("Access-Control-Allow-Origin") != "" {
+			t.Fatalf("preflight answered: %v", r.header)
+		}
+	})
+	t.Run("on", func(t *testing.T) {
+		e := newEnv(t, func(s *setup) {
+			s.edge.CORS.Origins = []string{origin}
+			s.edge.Rate.Limit, s.edge.Rate.Burst = 1, 2
+		})
+		for _, method := range []string{"POST", "DELETE"} {
+			r := preflight(e, method)
+			h := r.header
+			if r.status != http.StatusNoContent || h.Get("Access-Control-Allow-Origin") != origin ||
+				!strings.Contains(h.Get("Access-Control-Allow-Methods"), method) ||
+				!strings.Contains(h.Get("Access-Control-Allow-Headers"), "Authorization") ||
+				!strings.Contains(h.Get("Access-Control-Allow-Headers"), "Content-Type") || h.Get("Access-Control-Max-Age") == "" {
+				t.Fatalf("preflight of %s: %d %v", method, r.status, h)
+			}
+		}
+		user := e.user("player")
+		auth := "Bearer " + token(t, user)
+		r := withOrigin(e, req{method: http.MethodPost, path: "/v1/progress", body: `{"video_id":"v","percent":12}`, auth: auth})
+		if r.status != http.StatusAccepted || r.header.Get("Access-Control-Allow-Origin") != origin {
+			t.Fatalf("POST from the player's origin: %d %v", r.status, r.header)
+		}
+		r = withOrigin(e, req{method: http.MethodDelete, path: "/v1/progress/v", auth: auth})
+		if r.status != http.StatusAccepted || r.header.Get("Access-Control-Allow-Origin") != origin {
+			t.Fatalf("DELETE from the player's origin: %d %v", r.status, r.header)
+		}
+		r = withOrigin(e, req{method: http.MethodPost, path: "/v1/progress", body: `{"video_id":"v","percent":13}`, auth: auth})
+		if r.status != http.StatusTooManyRequests || r.header.Get("Access-Control-Allow-Origin") != origin ||
+			!strings.Contains(r.header.Get("Access-Control-Expose-Headers"), "Retry-After") {
+			t.Fatalf("a refusal the player's script must read: %d %v", r.status, r.header)
+		}
+	})
 }
 
 // TestInvalidJSONInIgnoredFieldIsMalformed guards the 400 for bodies that are

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -64,12 +63,7 @@ type env struct {
 // limit as an error of the call instead of returning the answer it wrote.
 func (e *env) listen() {
 	e.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { _ = e.shell.Serve(ln) }()
-	e.base = "http://" + ln.Addr().String()
+	e.base = "http://" + testenv.ServeLocal(e.t, e.shell)
 }
 
 // setup configures an env before it is built.

@@ -107,6 +107,10 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 	return e
 }
 
+// listen serves the service on a local port until the test ends and returns
+// its address, for requests that must cross a real connection.
+func (e *env) listen() string { return testenv.ServeLocal(e.t, e.shell) }
+
 // store writes a progress document of the documented shape, as the flusher does.
 func (e *env) stored(user, video string, st keepwatch.State) {
 	e.t.Helper()
