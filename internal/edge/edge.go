@@ -243,7 +243,10 @@ func (s *Shell) App() *fiber.App { return s.app }
 
 // Handler is the fasthttp handler the server runs, framing check included,
 // for benchmarks that skip the network.
-func (s *Shell) Handler() fasthttp.RequestHandler { return s.handler }
+func (s *Shell) Handler() fasthttp.RequestHandler {
+	s.app.Handler() // builds the routing tree, as serving does
+	return s.handler
+}
 
 // SetClock replaces the clock that stamps received requests, for tests.
 func (s *Shell) SetClock(now func() time.Time) { s.clock = now }

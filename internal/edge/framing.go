@@ -25,9 +25,12 @@ var (
 // request smuggled past the other. Closing the connection discards them.
 //
 // fasthttp has parsed the headers and read the body by now; what it keeps of
-// the framing headers is only its reading of them, so the check reads the
-// raw header block. That costs a scan of the headers of every request with a
-// body, about 1% of a progress post (BenchmarkPostProgress).
+// the framing headers is only its reading of them (the last Content-Length),
+// so the check reads the raw header block: one IndexByte per header line of
+// a request with a body, and a closer look only at a line whose name starts
+// like Content-Length or Transfer-Encoding. BenchmarkFramingCheck puts it at
+// about 0.1 µs for a browser's progress post, with no allocation; requests
+// without a body skip it.
 func (s *Shell) checkFraming(next fasthttp.RequestHandler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		if err := framingError(&ctx.Request.Header); err != nil {
@@ -43,66 +46,75 @@ func (s *Shell) checkFraming(next fasthttp.RequestHandler) fasthttp.RequestHandl
 
 // framingError reads the raw headers of a request that has a body.
 func framingError(h *fasthttp.RequestHeader) error {
-	switch cl := h.ContentLength(); {
-	case cl == -1: // chunked: any Transfer-Encoding but identity
-		var te int
-		for k, v := range headers(h.RawHeaders()) {
-			switch {
-			case isHeader(k, "content-length"):
-				return errCLAndTE
-			case isHeader(k, "transfer-encoding"):
-				if te++; te > 1 || !equalFold(v, "chunked") {
-					return errTE
-				}
-			}
+	cl := h.ContentLength()
+	if cl < -1 { // no body: neither header
+		return nil
+	}
+	te := 0
+	for raw := h.RawHeaders(); len(raw) > 0; {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
 		}
-	case cl >= 0: // a Content-Length: the last one fasthttp read
-		want := h.Peek(fasthttp.HeaderContentLength)
-		for k, v := range headers(h.RawHeaders()) {
-			switch {
-			case isHeader(k, "content-length"):
-				if !bytes.Equal(v, want) {
-					return errTwoCL
-				}
-			case isHeader(k, "transfer-encoding"): // "identity", which fasthttp ignores
+		switch {
+		case isHeader(line, "content-length"):
+			if cl == -1 { // chunked: any Transfer-Encoding but identity
 				return errCLAndTE
+			}
+			// Compared as numbers with the last one, which fasthttp
+			// parsed: "05" and "5" frame a body alike.
+			if n, ok := digits(line[len("content-length")+1:]); !ok || n != cl {
+				return errTwoCL
+			}
+		case isHeader(line, "transfer-encoding"):
+			if cl >= 0 { // "identity", which fasthttp ignores
+				return errCLAndTE
+			}
+			if te++; te > 1 || !equalFold(value(line, len("transfer-encoding")), "chunked") {
+				return errTE
 			}
 		}
 	}
 	return nil
 }
 
-// headers yields the name and value of each line of a raw header block.
-// Names and values are trimmed of the blanks fasthttp trims.
-func headers(raw []byte) func(yield func(k, v []byte) bool) {
-	return func(yield func(k, v []byte) bool) {
-		for len(raw) > 0 {
-			line := raw
-			if i := bytes.IndexByte(raw, '\n'); i >= 0 {
-				line, raw = raw[:i], raw[i+1:]
-			} else {
-				raw = nil
+// digits parses a Content-Length value (blanks around it allowed).
+func digits(v []byte) (int, bool) {
+	n, seen := 0, false
+	for _, c := range v {
+		switch {
+		case c >= '0' && c <= '9':
+			if n > (1<<62)/10 {
+				return 0, false
 			}
-			colon := bytes.IndexByte(line, ':')
-			if colon <= 0 {
-				continue
-			}
-			if !yield(line[:colon], bytes.Trim(line[colon+1:], " \t\r")) {
-				return
-			}
+			n = n*10 + int(c-'0')
+			seen = true
+		case c == ' ' || c == '\t' || c == '\r':
+		default:
+			return 0, false
 		}
 	}
+	return n, seen
 }
 
-// isHeader compares a header name, case-insensitively, with a lower-case one.
-// The length check first keeps the common case, another header, cheap.
-func isHeader(k []byte, lower string) bool {
-	return len(k) == len(lower) && equalFold(k, lower)
+// isHeader tells whether a raw header line is the header lower names,
+// ignoring case. fasthttp has refused names with blanks before the colon, so
+// the name is exactly the bytes before it; the first byte and the colon are
+// checked first, which keeps the common case, another header, cheap.
+func isHeader(line []byte, lower string) bool {
+	return len(line) > len(lower) && line[0]|0x20 == lower[0] && line[len(lower)] == ':' && equalFold(line[:len(lower)], lower)
+}
+
+// value is a header line's value, trimmed of the blanks fasthttp trims.
+func value(line []byte, nameLen int) []byte {
+	return bytes.Trim(line[nameLen+1:], " \t\r")
 }
 
 // equalFold compares b with lower, a string of lower-case letters and '-',
 // ignoring case. Setting bit 0x20 lower-cases a letter and maps only '\r' to
-// '-', and a header line holds no '\r'.
+// '-', and a header line holds no '\r' before its end.
 func equalFold(b []byte, lower string) bool {
 	if len(b) != len(lower) {
 		return false
