@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,7 +121,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		}
 		// "a" gets a newer value while the claim is being written.
 		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2000, 20)})
-		if err := b.Release(ctx, cl, []int{0, 1}); err != nil {
+		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
 			t.Fatal(err)
 		}
 		got := pendingMap(t, b, u)
@@ -135,7 +136,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if len(next.Entries) != 1 || next.Entries[0].State != st(2000, 20) {
 			t.Fatalf("next claim = %+v, want a@2000", next.Entries)
 		}
-		if err := b.Release(ctx, next, nil); err != nil { // not handled: stays pending, due again
+		if err := b.Release(ctx, next, nil, 0); err != nil { // not handled: stays pending, due again
 			t.Fatal(err)
 		}
 		last, err := b.Claim(ctx, shard, 100, time.Minute)
@@ -145,7 +146,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if len(last.Entries) != 1 {
 			t.Fatalf("an unhandled entry must be due again, got %d", len(last.Entries))
 		}
-		if err := b.Release(ctx, last, []int{0}); err != nil {
+		if err := b.Release(ctx, last, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got := pendingMap(t, b, u); len(got) != 0 {
@@ -174,17 +175,189 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		// The dead flusher comes back late and releases nothing it did not
 		// write: its undone release must not make the entry visible under
 		// the live claim.
-		if err := b.Release(ctx, dead, nil); err != nil {
+		if err := b.Release(ctx, dead, nil, 0); err != nil {
 			t.Fatal(err)
 		}
 		if again, _ := b.Claim(ctx, b.ShardOf(u), 10, time.Minute); len(again.Entries) != 0 {
 			t.Fatalf("entry leaked out of a live claim: %+v", again.Entries)
 		}
-		if err := b.Release(ctx, cl, []int{0}); err != nil {
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got := pendingMap(t, b, u); len(got) != 0 {
 			t.Fatalf("pending = %+v", got)
+		}
+	})
+	// keys counts the keys left in Redis, on every master of a cluster.
+	keys := func(t *testing.T) int64 {
+		t.Helper()
+		var n int64
+		count := func(ctx context.Context, c *redis.Client) error {
+			k, err := c.DBSize(ctx).Result()
+			n += k
+			return err
+		}
+		var err error
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			var mu sync.Mutex
+			err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return count(ctx, m)
+			})
+		} else {
+			err = count(ctx, c.(*redis.Client))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	t.Run("a renewed claim keeps its entries past its first lease, and loses them once it lapses", func(t *testing.T) {
+		reset(t)
+		now := time.Now()
+		b := newBuffer(t, c, redisbuf.Options{Shards: 2, Now: func() time.Time { return now }})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		shard := b.ShardOf(u)
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		first, err := b.Claim(ctx, shard, 10, time.Second)
+		if err != nil || len(first.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", first, err)
+		}
+		now = now.Add(800 * time.Millisecond)
+		if n, err := b.Renew(ctx, first, time.Second); err != nil || n != 2 {
+			t.Fatalf("renew within the lease = %d, %v; want 2", n, err)
+		}
+		now = now.Add(500 * time.Millisecond) // past the first deadline, within the renewed one
+		if other, err := b.Claim(ctx, shard, 10, time.Second); err != nil || len(other.Entries) != 0 {
+			t.Fatalf("a renewed claim's entries were claimed again: %+v, %v", other, err)
+		}
+		// The lease lapses unrenewed, but nobody claimed the entries: they
+		// are still the first claim's, and a late renewal says so.
+		now = now.Add(time.Second)
+		if n, err := b.Renew(ctx, first, time.Second); err != nil || n != 2 {
+			t.Fatalf("late renewal of an untaken claim = %d, %v; want 2", n, err)
+		}
+		now = now.Add(2 * time.Second)
+		second, err := b.Claim(ctx, shard, 10, time.Minute)
+		if err != nil || len(second.Entries) != 2 || second.Token == first.Token {
+			t.Fatalf("claim after the lease lapsed = %+v, %v", second, err)
+		}
+		// The first claim is lost: renewing it renews nothing, and its
+		// release (nothing done) leaves the second claim's entries hidden.
+		if n, err := b.Renew(ctx, first, time.Minute); err != nil || n != 0 {
+			t.Fatalf("renewal of a lost claim = %d, %v; want 0", n, err)
+		}
+		if err := b.Release(ctx, first, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := b.Claim(ctx, shard, 10, time.Minute); err != nil || len(again.Entries) != 0 {
+			t.Fatalf("entries leaked out of a live claim: %+v, %v", again, err)
+		}
+		if n, err := b.Renew(ctx, second, time.Minute); err != nil || n != 2 {
+			t.Fatalf("renewal of the live claim = %d, %v; want 2", n, err)
+		}
+		// The lost claim's flusher wrote "a" after all and releases it
+		// done: the value is removed (it is written), and the live claim
+		// now renews only "b".
+		if err := b.Release(ctx, first, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.Renew(ctx, second, time.Minute); err != nil || n != 1 {
+			t.Fatalf("renewal after another flusher released an entry = %d, %v; want 1", n, err)
+		}
+		if err := b.Release(ctx, second, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending = %+v", got)
+		}
+		if n := keys(t); n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
+		}
+	})
+	t.Run("failed attempts are counted with the entry across claims", func(t *testing.T) {
+		reset(t)
+		start := time.Now().Truncate(time.Millisecond)
+		now := start
+		b := newBuffer(t, c, redisbuf.Options{Shards: 2, Now: func() time.Time { return now }})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		shard := b.ShardOf(u)
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)})
+		claim := func(want int) *keepwatch.Claim {
+			t.Helper()
+			cl, err := b.Claim(ctx, shard, 10, time.Second)
+			if err != nil || len(cl.Entries) != 1 {
+				t.Fatalf("claim = %+v, %v", cl, err)
+			}
+			f := cl.Failures[0]
+			if f.Count != want || (want > 0 && !f.Since.Equal(start)) || (want == 0 && !f.Since.IsZero()) {
+				t.Fatalf("failures = %+v, want %d since %s", f, want, start)
+			}
+			return cl
+		}
+		cl := claim(0)
+		now = now.Add(time.Millisecond)
+		if err := b.Release(ctx, cl, nil, 3); err != nil { // refused three times
+			t.Fatal(err)
+		}
+		claim(3)
+		// Its flusher dies: the claim counts as one more once it lapses.
+		now = now.Add(2 * time.Second)
+		cl = claim(4)
+		// MongoDB unreachable: the claim takes its count back.
+		if err := b.Release(ctx, cl, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		cl = claim(4)
+		// Written while a newer value arrived: the newer one starts afresh.
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2000, 20)})
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		start = now
+		cl = claim(0)
+		if cl.Entries[0].State != st(2000, 20) {
+			t.Fatalf("claimed %+v, want the newer value", cl.Entries[0])
+		}
+		if err := b.Release(ctx, cl, nil, 1); err != nil {
+			t.Fatal(err)
+		}
+		cl = claim(1)
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n := keys(t); n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
+		}
+	})
+	t.Run("a lapsed claim released late, while another claim holds its entries, leaves nothing behind", func(t *testing.T) {
+		reset(t)
+		now := time.Now()
+		b := newBuffer(t, c, redisbuf.Options{Shards: 1, Now: func() time.Time { return now }})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		old, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(old.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", old, err)
+		}
+		now = now.Add(2 * time.Second)
+		// A new claim takes both over; then the old claim's flusher, which
+		// wrote "a" after all, releases it as done: it is removed, and the
+		// new claim's release of it (its own write found it stale) and of
+		// "b" ends with nothing left.
+		cl, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(cl.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", cl, err)
+		}
+		if err := b.Release(ctx, old, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n := keys(t); n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
 		}
 	})
 	t.Run("one apply over many shards answers each write for itself", func(t *testing.T) {
@@ -269,7 +442,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err != nil || len(cl.Entries) != 1 {
 			t.Fatalf("claim = %+v, %v", cl, err)
 		}
-		if err := four.Release(ctx, cl, []int{0}); err != nil {
+		if err := four.Release(ctx, cl, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if err := eight.CheckShards(ctx); err != nil {

@@ -1,0 +1,144 @@
+package flush_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/command/flush"
+	"github.com/keepwatch/keepwatch/internal/testenv"
+	"github.com/keepwatch/keepwatch/storage/mongo"
+	"github.com/keepwatch/keepwatch/storage/redisbuf"
+)
+
+// TestWriteSlowerThanTheLeaseKeepsItsClaim: MongoDB is stopped for longer
+// than two leases while a flusher retries its batch. The flusher renews its
+// claim all along, so a second flusher draining meanwhile claims nothing of
+// it; once MongoDB is back, the first flusher writes the batch.
+func TestWriteSlowerThanTheLeaseKeepsItsClaim(t *testing.T) {
+	ctx := context.Background()
+	m := testenv.StartEmbeddedMongo(t)
+	e := newEnv(t, m, mongo.Options{Timeout: 300 * time.Millisecond})
+	for v := range 10 { // one user: one shard, one batch
+		e.apply(keepwatch.Progress{UserID: "solo", VideoID: fmt.Sprintf("v%d", v), State: keepwatch.State{EventTime: 100, Percent: float64(v)}})
+	}
+	slow, slowReg := newFlusher(t, e.buf, e.store, flush.Config{
+		Lease: crashLease, MaxRetries: 1000, MaxBackoff: 100 * time.Millisecond,
+		DeadLetterAfter: 1, // would dead-letter at once if an outage counted
+	})
+	other, _ := newFlusher(t, e.buf, e.store, flush.Config{Lease: crashLease})
+
+	m.Stop()
+	type result struct {
+		st  flush.Stats
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := slow.FlushOnce(ctx)
+		done <- result{st, err}
+	}()
+	testenv.WaitFor(t, "the slow flusher to claim its batch", time.Minute, func() bool {
+		return counter(t, slowReg, "keepwatch_flush_batch_size") == 1
+	})
+	// Six renewals, one every third of a lease: two leases in which the
+	// batch would have been free for the taking without them.
+	testenv.WaitFor(t, "six renewals of the slow flusher's claim", time.Minute, func() bool {
+		st, err := other.FlushOnce(ctx)
+		if err != nil || st.Entries != 0 {
+			t.Fatalf("a second flusher claimed %d entries (%v) of a batch whose claim is renewed", st.Entries, err)
+		}
+		return counter(t, slowReg, "keepwatch_flush_lease_renewals_total") >= 6
+	})
+	m.Start()
+	r := <-done
+	// An attempt may be applied by the restarting server after its client
+	// gave up on it; the retry then finds it stale.
+	if r.err != nil || r.st.Written+r.st.Stale != 10 || r.st.Lost != 0 {
+		t.Fatalf("slow flusher: %+v, %v; want its 10 entries written and its claim kept", r.st, r.err)
+	}
+	if e.pending() != 0 {
+		t.Fatalf("%d entries pending after the slow write", e.pending())
+	}
+	e.checkConverged()
+	if lost := counter(t, slowReg, "keepwatch_flush_claims_lost_total"); lost != 0 {
+		t.Fatalf("keepwatch_flush_claims_lost_total = %v", lost)
+	}
+	if n, err := e.store.CountDeadLetters(ctx); err != nil || n != 0 {
+		t.Fatalf("%d dead letters (%v) after an outage, want none", n, err)
+	}
+}
+
+// flakyBuffer is the real buffer whose renewals fail while failRenew is set,
+// as they would with Redis unreachable for the flusher alone.
+type flakyBuffer struct {
+	*redisbuf.Buffer
+	failRenew atomic.Bool
+}
+
+func (b *flakyBuffer) Renew(ctx context.Context, c *keepwatch.Claim, lease time.Duration) (int, error) {
+	if b.failRenew.Load() {
+		return 0, fmt.Errorf("renew claim: %w", keepwatch.ErrUnavailable)
+	}
+	return b.Buffer.Renew(ctx, c, lease)
+}
+
+// hungStore is the real store whose writes hang until their context ends, as
+// with a server that accepted the connection and never answers.
+type hungStore struct{ *mongo.Store }
+
+func (s hungStore) WriteProgress(ctx context.Context, _ []keepwatch.Progress) (keepwatch.WriteResult, error) {
+	select {
+	case <-ctx.Done():
+		return keepwatch.WriteResult{}, fmt.Errorf("write progress: %w: %w", keepwatch.ErrUnavailable, ctx.Err())
+	case <-time.After(time.Minute):
+		// Nothing stopped the write: let the test fail, not hang.
+		return keepwatch.WriteResult{}, errors.New("write progress: the hung write was never stopped")
+	}
+}
+
+// TestClaimNotRenewedStopsTheBatch: a flusher that cannot renew its claim
+// stops writing the batch when the lease ends (another flusher may hold it
+// from then on), counts the claim as lost, and leaves the entries due again,
+// with no failed attempt counted; another flusher writes them.
+func TestClaimNotRenewedStopsTheBatch(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil, mongo.Options{})
+	e.round(1, 3, 100)
+	fb := &flakyBuffer{Buffer: e.buf}
+	fb.failRenew.Store(true)
+	f, reg := newFlusher(t, fb, hungStore{e.store}, flush.Config{Lease: crashLease, MaxRetries: 1000, DeadLetterAfter: 1})
+
+	start := time.Now()
+	st, err := f.FlushOnce(ctx)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "claim lost") || st.Lost != 1 || st.Written != 0 {
+		t.Fatalf("flush with a claim it cannot renew: %+v, %v; want the batch stopped as lost", st, err)
+	}
+	if errors.Is(err, keepwatch.ErrUnavailable) {
+		t.Fatalf("a lost claim reads as an outage: %v", err)
+	}
+	// The write hung until the lease ended: not before, and not for long
+	// after (a bound for a loaded machine, not a speed claim).
+	if took < crashLease || took > crashLease+10*time.Second {
+		t.Fatalf("the hung write was stopped after %s, want at the lease's end (%s)", took, crashLease)
+	}
+	if lost := counter(t, reg, "keepwatch_flush_claims_lost_total"); lost != 1 {
+		t.Fatalf("keepwatch_flush_claims_lost_total = %v, want 1", lost)
+	}
+	if renewed := counter(t, reg, "keepwatch_flush_lease_renewals_total"); renewed != 0 {
+		t.Fatalf("keepwatch_flush_lease_renewals_total = %v, want 0", renewed)
+	}
+	// The entries are due at once, with no attempt counted against them
+	// (DeadLetterAfter is 1): another flusher writes them.
+	g, _ := newFlusher(t, e.buf, e.store, flush.Config{Lease: crashLease, DeadLetterAfter: 1})
+	if st, err := g.FlushOnce(ctx); err != nil || st.Written != 3 || st.DeadLettered != 0 {
+		t.Fatalf("flush after the lost claim: %+v, %v; want 3 written", st, err)
+	}
+	e.checkConverged()
+}
