@@ -29,6 +29,10 @@ type Claim struct {
 	// died with the claim. The buffer keeps the count, so a flusher that
 	// keeps dying on one batch still ends in a dead letter.
 	Failures []Failures
+	// NextLeaseEnd is when the soonest lease among the shard's other claims
+	// ends, as seen when this claim was made; zero when there was none. If
+	// that claim's flusher died, its entries are due again from then on.
+	NextLeaseEnd time.Time
 }
 
 // Failures counts the failed attempts of one entry, across claims and

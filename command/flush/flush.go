@@ -49,6 +49,9 @@ type Buffer interface {
 	// token, with each entry's failures so far (see keepwatch.Claim).
 	// Errors wrap keepwatch.ErrUnavailable when the buffer is unreachable.
 	Claim(ctx context.Context, shard, max int, lease time.Duration) (*keepwatch.Claim, error)
+	// ClaimLapsed is Claim for the entries due since a time: those of a
+	// claim whose lease ended then, without what was pending before.
+	ClaimLapsed(ctx context.Context, shard, max int, lease time.Duration, since time.Time) (*keepwatch.Claim, error)
 	// Renew extends to now + lease the lease of c's entries still under c
 	// and returns how many it renewed: fewer than len(c.Entries) means the
 	// claim is lost. Errors wrap keepwatch.ErrUnavailable.
@@ -206,6 +209,12 @@ type Flusher struct {
 	cfg   Config
 	log   *slog.Logger
 	m     *metrics
+
+	mu sync.Mutex
+	// leaseEnds holds, per shard, when the soonest lease of another
+	// flusher's claim ends, as the last claim in the shard saw it: Run takes
+	// the batch over then if that flusher died.
+	leaseEnds map[int]time.Time
 }
 
 // New returns a flusher. Metrics are registered on reg.
@@ -217,29 +226,102 @@ func New(buf Buffer, store Store, cfg Config, log *slog.Logger, reg prometheus.R
 	if cfg.Lease < MinLease {
 		return nil, fmt.Errorf("new flusher: --flush-lease %s is too short: renewing it every third needs at least %s", cfg.Lease, MinLease)
 	}
-	return &Flusher{buf: buf, store: store, cfg: cfg, log: log, m: newMetrics(reg)}, nil
+	return &Flusher{buf: buf, store: store, cfg: cfg, log: log, m: newMetrics(reg), leaseEnds: map[int]time.Time{}}, nil
 }
 
 // Run drains the buffer at once and then every interval until ctx is
-// cancelled. On cancellation it finishes the batches being written (their
-// retries stop waiting), releases them and returns nil.
+// cancelled. Between drains, when the lease of another flusher's claim ends
+// without a release (that flusher died), it takes the batch over at once
+// instead of at the next drain, so a dead flusher's batch waits about one
+// lease whatever the interval. On cancellation it finishes the batches being
+// written (their retries stop waiting), releases them and returns nil.
 func (f *Flusher) Run(ctx context.Context) error {
 	f.refreshDeadLetters(ctx)
 	t := time.NewTicker(f.cfg.Interval)
 	defer t.Stop()
+	lapse := time.NewTimer(time.Hour)
+	defer lapse.Stop()
+	drain := true
 	for {
-		if _, err := f.FlushOnce(ctx); err != nil && ctx.Err() == nil {
+		var err error
+		if drain {
+			_, err = f.FlushOnce(ctx)
+			f.refreshDeadLetters(ctx)
+		} else {
+			_, err = f.takeOverLapsed(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
 			// One line per drain that stopped early; the cause is
 			// counted per batch and logged there.
 			f.log.Warn("flush: drain stopped early, next try at the next tick", "err", err)
 		}
-		f.refreshDeadLetters(ctx)
+		lapse.Stop()
+		if next, ok := f.nextLeaseEnd(); ok {
+			lapse.Reset(time.Until(next))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			drain = true
+		case <-lapse.C:
+			drain = false
 		}
 	}
+}
+
+// noteLeaseEnd records what a claim in shard saw of the other claims there.
+func (f *Flusher) noteLeaseEnd(shard int, end time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if end.IsZero() {
+		delete(f.leaseEnds, shard)
+	} else {
+		f.leaseEnds[shard] = end
+	}
+}
+
+// nextLeaseEnd is the soonest lease end recorded in any shard.
+func (f *Flusher) nextLeaseEnd() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var next time.Time
+	for _, end := range f.leaseEnds {
+		if next.IsZero() || end.Before(next) {
+			next = end
+		}
+	}
+	return next, !next.IsZero()
+}
+
+// takeOverLapsed claims, in every shard where a recorded lease has ended,
+// what became due since it ended: the batch of a flusher that died, if it
+// did. A lease that was renewed meanwhile yields nothing, and its new end is
+// recorded instead.
+func (f *Flusher) takeOverLapsed(ctx context.Context) (Stats, error) {
+	now := time.Now()
+	f.mu.Lock()
+	ended := make(map[int]time.Time, len(f.leaseEnds))
+	for shard, end := range f.leaseEnds {
+		if !end.After(now) {
+			ended[shard] = end
+		}
+	}
+	f.mu.Unlock()
+	var (
+		total Stats
+		errs  []error
+	)
+	for shard, end := range ended {
+		st, err := f.drainShard(ctx, shard, end)
+		total.add(st)
+		if err != nil {
+			errs = append(errs, err)
+			// Try again at the next drain, not in a loop.
+			f.noteLeaseEnd(shard, time.Time{})
+		}
+	}
+	return total, errors.Join(errs...)
 }
 
 // Stats sums what one drain did.
@@ -284,7 +366,7 @@ func (f *Flusher) FlushOnce(ctx context.Context) (Stats, error) {
 		go func() {
 			defer wg.Done()
 			for shard := range shards {
-				st, err := f.drainShard(dctx, shard)
+				st, err := f.drainShard(dctx, shard, time.Time{})
 				mu.Lock()
 				total.add(st)
 				if err != nil {
@@ -313,15 +395,25 @@ feed:
 }
 
 // drainShard flushes batches of one shard until fewer than a full batch was
-// due.
-func (f *Flusher) drainShard(ctx context.Context, shard int) (Stats, error) {
+// due: every due entry, or with since set only those due since then (see
+// ClaimLapsed).
+func (f *Flusher) drainShard(ctx context.Context, shard int, since time.Time) (Stats, error) {
 	var total Stats
 	for ctx.Err() == nil {
 		claimed := time.Now()
-		c, err := f.buf.Claim(ctx, shard, f.cfg.Batch, f.cfg.Lease)
+		var (
+			c   *keepwatch.Claim
+			err error
+		)
+		if since.IsZero() {
+			c, err = f.buf.Claim(ctx, shard, f.cfg.Batch, f.cfg.Lease)
+		} else {
+			c, err = f.buf.ClaimLapsed(ctx, shard, f.cfg.Batch, f.cfg.Lease, since)
+		}
 		if err != nil {
 			return total, fmt.Errorf("flush shard %d: %w", shard, err)
 		}
+		f.noteLeaseEnd(shard, c.NextLeaseEnd)
 		if len(c.Entries) == 0 {
 			return total, nil
 		}

@@ -88,14 +88,20 @@ func (b *flakyBuffer) Renew(ctx context.Context, c *keepwatch.Claim, lease time.
 	return b.Buffer.Renew(ctx, c, lease)
 }
 
-// hungStore is the real store whose writes hang until their context ends, as
-// with a server that accepted the connection and never answers.
-type hungStore struct{ *mongo.Store }
+// hungStore is the real store whose writes hang until their context ends (or
+// until is closed), as with a server that accepted the connection and never
+// answers.
+type hungStore struct {
+	*mongo.Store
+	until chan struct{}
+}
 
 func (s hungStore) WriteProgress(ctx context.Context, _ []keepwatch.Progress) (keepwatch.WriteResult, error) {
 	select {
 	case <-ctx.Done():
 		return keepwatch.WriteResult{}, fmt.Errorf("write progress: %w: %w", keepwatch.ErrUnavailable, ctx.Err())
+	case <-s.until:
+		return keepwatch.WriteResult{}, fmt.Errorf("write progress: %w", keepwatch.ErrUnavailable)
 	case <-time.After(time.Minute):
 		// Nothing stopped the write: let the test fail, not hang.
 		return keepwatch.WriteResult{}, errors.New("write progress: the hung write was never stopped")
@@ -112,7 +118,7 @@ func TestClaimNotRenewedStopsTheBatch(t *testing.T) {
 	e.round(1, 3, 100)
 	fb := &flakyBuffer{Buffer: e.buf}
 	fb.failRenew.Store(true)
-	f, reg := newFlusher(t, fb, hungStore{e.store}, flush.Config{Lease: crashLease, MaxRetries: 1000, DeadLetterAfter: 1})
+	f, reg := newFlusher(t, fb, hungStore{Store: e.store}, flush.Config{Lease: crashLease, MaxRetries: 1000, DeadLetterAfter: 1})
 
 	start := time.Now()
 	st, err := f.FlushOnce(ctx)
@@ -141,4 +147,71 @@ func TestClaimNotRenewedStopsTheBatch(t *testing.T) {
 		t.Fatalf("flush after the lost claim: %+v, %v; want 3 written", st, err)
 	}
 	e.checkConverged()
+}
+
+// TestTakeOverWaitsForLapsedLeasesOnly: a flusher wakes between its drains
+// when another flusher's lease ends, to take over the batch of a flusher
+// that died; a lease that was renewed gives it nothing, and entries pending
+// meanwhile wait for its next drain, as coalescing wants.
+func TestTakeOverWaitsForLapsedLeasesOnly(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil, mongo.Options{})
+	e.round(1, 3, 100) // user-0: the held batch
+	shard := e.buf.ShardOf("user-0")
+	until := make(chan struct{})
+	holder, holderReg := newFlusher(t, e.buf, hungStore{Store: e.store, until: until}, flush.Config{Lease: crashLease, MaxRetries: 0})
+	held := make(chan error, 1)
+	go func() {
+		_, err := holder.FlushOnce(ctx)
+		held <- err
+	}()
+	testenv.WaitFor(t, "the holder to claim its batch", time.Minute, func() bool {
+		return counter(t, holderReg, "keepwatch_flush_batch_size") == 1
+	})
+
+	// A marker in another shard tells when the flusher's first drain is done.
+	marker := keepwatch.Progress{UserID: "marker", VideoID: "m", State: keepwatch.State{EventTime: 1, Percent: 1}}
+	for e.buf.ShardOf(marker.UserID) == shard {
+		marker.UserID += "x"
+	}
+	e.apply(marker)
+	f, _ := newFlusher(t, e.buf, e.store, flush.Config{Interval: time.Hour, Lease: crashLease})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(rctx) }()
+	testenv.WaitFor(t, "the flusher's first drain", time.Minute, func() bool {
+		_, ok := e.stored()[keepwatch.ID(marker.UserID, marker.VideoID)]
+		return ok
+	})
+	// Fresh entries in the held batch's shard, after the drain.
+	var fresh []string
+	for u := 0; len(fresh) < 3; u++ {
+		p := keepwatch.Progress{UserID: fmt.Sprintf("fresh-%d", u), VideoID: "v", State: keepwatch.State{EventTime: 200, Percent: 2}}
+		if e.buf.ShardOf(p.UserID) == shard {
+			e.apply(p)
+			fresh = append(fresh, keepwatch.ID(p.UserID, p.VideoID))
+		}
+	}
+	// Two leases and more, renewed by the holder: the flusher wakes at each
+	// lease end it saw, and finds nothing lapsed.
+	testenv.WaitFor(t, "six renewals of the held claim", time.Minute, func() bool {
+		return counter(t, holderReg, "keepwatch_flush_lease_renewals_total") >= 6
+	})
+	stored := e.stored()
+	for _, id := range fresh {
+		if _, ok := stored[id]; ok {
+			t.Fatalf("%s was flushed before the next drain, by a wake-up for a lease that did not lapse", id)
+		}
+	}
+	close(until)
+	if err := <-held; err == nil || !errors.Is(err, keepwatch.ErrUnavailable) {
+		t.Fatalf("holder: %v, want its write failed as unavailable", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if p := e.pending(); p != 3+int64(len(fresh)) {
+		t.Fatalf("%d entries pending, want the held batch and the fresh ones (%d)", p, 3+len(fresh))
+	}
 }

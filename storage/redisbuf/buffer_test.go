@@ -276,6 +276,67 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			t.Fatalf("%d keys left in a drained buffer", n)
 		}
 	})
+	t.Run("a lapsed claim is taken over from its lease end, and nothing pending from before", func(t *testing.T) {
+		reset(t)
+		t0 := time.Now().Truncate(time.Millisecond)
+		now := t0
+		b := newBuffer(t, c, redisbuf.Options{Shards: 1, Now: func() time.Time { return now }})
+		apply(t, b, "u1", redisbuf.Entry{VideoID: "a", State: st(1, 1)}, redisbuf.Entry{VideoID: "b", State: st(1, 1)})
+		held, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(held.Entries) != 2 || !held.NextLeaseEnd.IsZero() {
+			t.Fatalf("claim = %+v, %v; want a and b, and no other lease", held, err)
+		}
+		now = t0.Add(500 * time.Millisecond)
+		apply(t, b, "u2", redisbuf.Entry{VideoID: "fresh", State: st(1, 1)})
+		// A regular claim takes the fresh entry and sees when the other
+		// claim's lease ends; it hands the entry back unwritten.
+		other, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(other.Entries) != 1 || !other.NextLeaseEnd.Equal(t0.Add(time.Second)) {
+			t.Fatalf("claim = %+v, %v; want the fresh entry and the lease end %s", other, err, t0.Add(time.Second))
+		}
+		if err := b.Release(ctx, other, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		end := other.NextLeaseEnd
+		// Renewed in time, the lease has not lapsed: nothing to take over,
+		// and the new end is the one to wait for.
+		now = t0.Add(800 * time.Millisecond)
+		if n, err := b.Renew(ctx, held, time.Second); err != nil || n != 2 {
+			t.Fatalf("renew = %d, %v", n, err)
+		}
+		now = end.Add(10 * time.Millisecond)
+		none, err := b.ClaimLapsed(ctx, 0, 10, time.Second, end)
+		if err != nil || len(none.Entries) != 0 || !none.NextLeaseEnd.Equal(t0.Add(1800*time.Millisecond)) {
+			t.Fatalf("take-over of a renewed claim = %+v, %v; want nothing and the lease end %s", none, err, t0.Add(1800*time.Millisecond))
+		}
+		// Its flusher dies: from the new end on, its batch is taken over,
+		// and the fresh entry pending since before stays for a drain.
+		end = none.NextLeaseEnd
+		now = end.Add(10 * time.Millisecond)
+		took, err := b.ClaimLapsed(ctx, 0, 10, time.Second, end)
+		if err != nil || len(took.Entries) != 2 || took.Entries[0].UserID != "u1" || took.Entries[1].UserID != "u1" {
+			t.Fatalf("take-over of a lapsed claim = %+v, %v; want u1's a and b", took, err)
+		}
+		if took.Failures[0].Count != 1 {
+			t.Fatalf("failures of a dead flusher's entry = %+v, want one", took.Failures[0])
+		}
+		if n, err := b.Renew(ctx, held, time.Second); err != nil || n != 0 {
+			t.Fatalf("renewal of the taken-over claim = %d, %v; want 0", n, err)
+		}
+		if err := b.Release(ctx, took, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		rest, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(rest.Entries) != 1 || rest.Entries[0].VideoID != "fresh" {
+			t.Fatalf("drain after the take-over = %+v, %v; want the fresh entry", rest, err)
+		}
+		if err := b.Release(ctx, rest, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n := keys(t); n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
+		}
+	})
 	t.Run("failed attempts are counted with the entry across claims", func(t *testing.T) {
 		reset(t)
 		start := time.Now().Truncate(time.Millisecond)

@@ -19,6 +19,20 @@ import (
 // is due. Errors wrap keepwatch.ErrUnavailable when Redis cannot be reached;
 // the entries claimed then, if any, come back when the lease expires.
 func (b *Buffer) Claim(ctx context.Context, shard, max int, lease time.Duration) (*keepwatch.Claim, error) {
+	return b.claim(ctx, shard, max, lease, "-inf")
+}
+
+// ClaimLapsed is Claim for the entries that became due at or after since:
+// those of a claim whose lease ended then (a Claim's NextLeaseEnd) without a
+// release, because its flusher died. Entries pending since before are left
+// for the next regular drain, so taking over a dead flusher's batch the
+// moment its lease ends does not flush anything else early.
+func (b *Buffer) ClaimLapsed(ctx context.Context, shard, max int, lease time.Duration, since time.Time) (*keepwatch.Claim, error) {
+	return b.claim(ctx, shard, max, lease, strconv.FormatInt(since.UnixMilli(), 10))
+}
+
+// claim claims the entries due from the score min on.
+func (b *Buffer) claim(ctx context.Context, shard, max int, lease time.Duration, min string) (*keepwatch.Claim, error) {
 	if shard < 0 || shard >= b.shards {
 		return nil, fmt.Errorf("claim: shard %d out of range", shard)
 	}
@@ -28,13 +42,22 @@ func (b *Buffer) Claim(ctx context.Context, shard, max int, lease time.Duration)
 	now := b.now()
 	c := &keepwatch.Claim{Shard: shard, Token: newToken()}
 	res, err := claimScript.Run(ctx, b.c, []string{b.queueKeys[shard], b.claimKeys[shard], b.failKeys[shard]},
-		now.UnixMilli(), now.Add(lease).UnixMilli(), max, c.Token).Slice()
+		now.UnixMilli(), now.Add(lease).UnixMilli(), max, c.Token, min).Slice()
 	if err != nil {
 		return nil, unavailable("claim", err)
 	}
-	if len(res)%3 != 0 {
-		return nil, fmt.Errorf("claim: script answered %d values, not triples", len(res))
+	if len(res)%3 != 1 {
+		return nil, fmt.Errorf("claim: script answered %d values, not the next lease end and triples", len(res))
 	}
+	if end := fmt.Sprint(res[0]); end != "" {
+		// A float: earlier builds' deadlines had a fraction.
+		ms, err := strconv.ParseFloat(end, 64)
+		if err != nil {
+			return nil, fmt.Errorf("claim: shard %d: malformed lease end %q", shard, end)
+		}
+		c.NextLeaseEnd = time.UnixMilli(int64(ms))
+	}
+	res = res[1:]
 	if len(res) == 0 {
 		return c, nil
 	}

@@ -148,9 +148,13 @@ return out
 //
 // KEYS[1] = q, KEYS[2] = c (member → claim token), KEYS[3] = n (member →
 // "count:ms", failed attempts and when the first began). ARGV[1] = now (ms),
-// ARGV[2] = lease deadline (ms), ARGV[3] = max, ARGV[4] = the claim's token.
-// Returns, per claimed member, three values: the member, its failed attempts
-// before this claim, and when the first of them began (ms; now when none).
+// ARGV[2] = lease deadline (ms), ARGV[3] = max, ARGV[4] = the claim's token,
+// ARGV[5] = the lowest due time claimed ("-inf": every due member).
+// Returns first the soonest lease deadline of the other claims of the shard
+// ("" when none): scores in the future are lease deadlines, since entries are
+// due from the moment they are written. Then, per claimed member, three
+// values: the member, its failed attempts before this claim, and when the
+// first of them began (ms; now when none).
 //
 // A member stays claimed (invisible) until its deadline; a flusher that dies
 // simply lets the deadline pass. The claim is counted as a failed attempt
@@ -159,8 +163,10 @@ return out
 var claimScript = redis.NewScript(`
 local q, c, n = KEYS[1], KEYS[2], KEYS[3]
 local now, deadline, token = ARGV[1], ARGV[2], ARGV[4]
-local ms = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
+local out = {''}
+local soonest = redis.call('ZRANGEBYSCORE', q, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if soonest[2] then out[1] = soonest[2] end
+local ms = redis.call('ZRANGEBYSCORE', q, ARGV[5], now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, m in ipairs(ms) do
   redis.call('ZADD', q, 'XX', deadline, m)
   redis.call('HSET', c, m, token)
