@@ -450,6 +450,7 @@ func (f *Flusher) hold(ctx context.Context, c *keepwatch.Claim, claimed time.Tim
 		until := claimed.Add(f.cfg.Lease)
 		end := time.NewTimer(time.Until(until))
 		defer end.Stop()
+		logged := false
 		for {
 			select {
 			case <-stop:
@@ -481,8 +482,11 @@ func (f *Flusher) hold(ctx context.Context, c *keepwatch.Claim, claimed time.Tim
 				cancel(fmt.Errorf("%w: %d of its %d entries were claimed or released by another flusher after its lease ended",
 					errClaimLost, len(c.Entries)-n, len(c.Entries)))
 				return
-			default:
-				f.log.Warn("flush: renew claim", "shard", c.Shard, "entries", len(c.Entries), "lease_until", until, "err", err)
+			case !logged:
+				// Once per claim: it is retried every third of a lease.
+				logged = true
+				f.log.Warn("flush: renew claim, retrying while the lease lasts", "shard", c.Shard,
+					"entries", len(c.Entries), "lease_until", until, "err", err)
 			}
 		}
 	}()
@@ -531,27 +535,27 @@ func (f *Flusher) flushBatch(ctx context.Context, c *keepwatch.Claim, claimed ti
 			todo = append(todo, i)
 		}
 	}
-	var dlIDs []string
+	var (
+		dlIDs []string
+		pErr  error
+	)
 	if len(poisoned) > 0 {
 		dl := f.deadLetter(c, poisoned, 0, fmt.Sprintf(
 			"dead-lettered when claimed: %d failed attempts already, the last of them ended without a release: "+
 				"a flusher stopped (killed, crashed, out of memory?) while writing this batch", c.Failures[poisoned[0]].Count))
-		if id, err := f.addDeadLetter(held, rctx, dl); err == nil {
+		var id string
+		if id, pErr = f.addDeadLetter(held, rctx, dl); pErr == nil {
 			done = append(done, poisoned...)
 			st.DeadLettered += len(poisoned)
 			dlIDs = append(dlIDs, id)
 		}
 		// Otherwise they stay in the buffer, unwritten, for the next claim.
+		f.log.Error("flush: entries that failed too often dead-lettered unwritten", "shard", c.Shard,
+			"entries", len(poisoned), "attempts", c.Failures[poisoned[0]].Count, "dead_letter", dlIDs, "err", pErr)
 	}
 	if len(todo) == 0 {
-		err := release(done, 0)
-		f.log.Error("flush: batch failed too often to be written again; dead-lettered unwritten", "shard", c.Shard,
-			"entries", len(c.Entries), "dead_lettered", st.DeadLettered, "dead_letter", dlIDs, "err", err)
-		if err != nil {
+		if err := errors.Join(pErr, release(done, 0)); err != nil {
 			return st, fmt.Errorf("flush batch: %w", err)
-		}
-		if st.DeadLettered == 0 {
-			return st, errors.New("flush batch: could not store the dead letter of a batch that failed too often; it stays in the buffer")
 		}
 		return st, nil
 	}
@@ -665,7 +669,7 @@ func (f *Flusher) flushBatch(ctx context.Context, c *keepwatch.Claim, claimed ti
 	case err != nil:
 		f.log.Warn("flush: batch written but not fully released", append(attrs, "err", err)...)
 		return st, fmt.Errorf("flush batch: %w", err)
-	case st.DeadLettered > 0:
+	case len(res.Failed) > 0:
 		f.log.Error("flush: documents refused by MongoDB moved to dead letters",
 			append(attrs, "dead_letter", dlIDs, "err", firstErr(res.Failed))...)
 	default:
