@@ -1,4 +1,6 @@
-package devenv
+//go:build !nodev
+
+package main
 
 import (
 	"context"
@@ -16,11 +18,11 @@ import (
 
 func TestSecretSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	s1, created, err := LoadOrCreateSecret(dir)
+	s1, created, err := loadOrCreateSecret(dir)
 	if err != nil || !created || len(s1) != 64 {
 		t.Fatalf("first: %q created=%v err=%v", s1, created, err)
 	}
-	s2, created, err := LoadOrCreateSecret(dir)
+	s2, created, err := loadOrCreateSecret(dir)
 	if err != nil || created || s2 != s1 {
 		t.Fatalf("second: %q created=%v err=%v, want %q", s2, created, err, s1)
 	}
@@ -68,7 +70,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 	}
 	dir := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	r, err := StartRedis(context.Background(), dir, log)
+	r, err := startDevRedis(context.Background(), dir, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 	if err := syscall.Kill(r.PID, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Fatalf("redis-server pid %d still exists after Stop (kill 0: %v)", r.PID, err)
 	}
-	r, err = StartRedis(context.Background(), dir, log)
+	r, err = startDevRedis(context.Background(), dir, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,12 @@
-// Package devenv starts what `keepwatch dev` runs beside keepwatch itself: a
+//go:build !nodev
+
+// The development stack: what `keepwatch dev` runs beside keepwatch itself, a
 // Redis (a redis-server child process when one is on PATH, else an embedded
 // Redis-protocol server) and the development auth secret, all under one data
-// directory so that a restart finds everything again.
-package devenv
+// directory so that a restart finds everything again. It is left out of a
+// build with -tags nodev (the production image), with FerretDB and SQLite.
+
+package main
 
 import (
 	"context"
@@ -22,7 +26,7 @@ import (
 )
 
 // Redis is a running development Redis.
-type Redis struct {
+type devRedis struct {
 	// URL is the redis:// URL to connect to.
 	URL string
 	// Embedded is true for the in-process Redis-protocol server (miniredis),
@@ -39,7 +43,7 @@ type Redis struct {
 // Stop stops the server: a redis-server child gets SIGTERM (it then writes
 // its append-only file and exits); the embedded server saves its snapshot.
 // It is safe to call more than once.
-func (r *Redis) Stop() error {
+func (r *devRedis) Stop() error {
 	if r.stop == nil {
 		return nil
 	}
@@ -48,10 +52,10 @@ func (r *Redis) Stop() error {
 	return err
 }
 
-// StartRedis starts redis-server from PATH with its data (AOF, fsync every
+// startDevRedis starts redis-server from PATH with its data (AOF, fsync every
 // second) in dir, or, when there is none, an embedded Redis-protocol server
 // whose data lives in memory and is saved to dir only when it stops cleanly.
-func StartRedis(ctx context.Context, dir string, log *slog.Logger) (*Redis, error) {
+func startDevRedis(ctx context.Context, dir string, log *slog.Logger) (*devRedis, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("redis data directory: %w", err)
 	}
@@ -64,7 +68,7 @@ func StartRedis(ctx context.Context, dir string, log *slog.Logger) (*Redis, erro
 // startChild runs redis-server on a free local port. The port is found by
 // binding :0 and releasing it, so another process may take it in between:
 // then redis-server exits at once and the next port is tried.
-func startChild(ctx context.Context, path, dir string, log *slog.Logger) (*Redis, error) {
+func startChild(ctx context.Context, path, dir string, log *slog.Logger) (*devRedis, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("redis data directory: %w", err)
@@ -93,7 +97,7 @@ func startChild(ctx context.Context, path, dir string, log *slog.Logger) (*Redis
 			log.Debug("redis-server did not start, trying another port", "err", lastErr)
 			continue
 		}
-		r := &Redis{
+		r := &devRedis{
 			URL:      "redis://" + addr + "/0",
 			PID:      cmd.Process.Pid,
 			Describe: fmt.Sprintf("redis-server (pid %d) on %s, append-only file in %s", cmd.Process.Pid, addr, abs),
@@ -151,7 +155,7 @@ func freePort() (int, error) {
 
 // startEmbedded runs miniredis on a free local port, loaded from the snapshot
 // the last clean stop saved.
-func startEmbedded(dir string) (*Redis, error) {
+func startEmbedded(dir string) (*devRedis, error) {
 	m := miniredis.NewMiniRedis()
 	snap := filepath.Join(dir, snapshotFile)
 	if err := loadSnapshot(m, snap); err != nil {
@@ -160,7 +164,7 @@ func startEmbedded(dir string) (*Redis, error) {
 	if err := m.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("start embedded redis: %w", err)
 	}
-	r := &Redis{
+	r := &devRedis{
 		URL:      "redis://" + m.Addr() + "/0",
 		Embedded: true,
 		Describe: fmt.Sprintf("embedded Redis-protocol server (miniredis) on %s, in memory; saved to %s on a clean stop", m.Addr(), snap),

@@ -1,4 +1,6 @@
-package devenv
+//go:build linux && !nodev
+
+package main
 
 import (
 	"os/exec"

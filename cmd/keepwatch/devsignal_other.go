@@ -1,6 +1,6 @@
-//go:build !linux
+//go:build !linux && !nodev
 
-package devenv
+package main
 
 import "os/exec"
 
