@@ -12,12 +12,14 @@ import (
 )
 
 // usage is one place a deploy file runs keepwatch: the subcommand, the flags
-// on its command line and the KEEPWATCH_* variables in its environment.
+// on its command line, the KEEPWATCH_* variables set for it alone and the
+// shared sources (envFrom: "ConfigMap/name") it reads every key of.
 type usage struct {
-	where string
-	sub   []string
-	flags []string
-	vars  []string
+	where  string
+	sub    []string
+	flags  []string
+	vars   []string
+	shared []string
 }
 
 var subcommands = []string{"command", "flush", "query", "migrate", "replay", "token", "dev"}
@@ -47,8 +49,9 @@ func envVars(names []string) []string {
 	return out
 }
 
-// usages collects every keepwatch invocation in compose.yaml and k8s/.
-func usages(t *testing.T) []usage {
+// usages collects every keepwatch invocation in compose.yaml and k8s/, and
+// the KEEPWATCH_* keys of each shared source (ConfigMap, Secret) by name.
+func usages(t *testing.T) ([]usage, map[string][]string) {
 	t.Helper()
 	var us []usage
 	svcs := mapping(composeFile(t), "services")
@@ -91,26 +94,34 @@ func usages(t *testing.T) []usage {
 			}
 			for _, ef := range list(c, "envFrom") {
 				if r := mapping(ef, "configMapRef"); r != nil {
-					names = append(names, configKeys["ConfigMap/"+str(r, "name")]...)
+					u.shared = append(u.shared, "ConfigMap/"+str(r, "name"))
 				}
 				if r := mapping(ef, "secretRef"); r != nil {
-					names = append(names, configKeys["Secret/"+str(r, "name")]...)
+					u.shared = append(u.shared, "Secret/"+str(r, "name"))
 				}
 			}
 			u.vars = envVars(names)
 			us = append(us, u)
 		}
 	}
-	return us
+	for k, v := range configKeys {
+		configKeys[k] = envVars(v)
+	}
+	return us, configKeys
 }
 
 // TestFlagsAndVariablesExist runs `keepwatch <subcommand> --help` of the real
 // binary for every subcommand the deploy files run, and checks that every
-// flag and KEEPWATCH_* variable they set is one it lists.
+// flag and KEEPWATCH_* variable they set is one it lists. A key of a shared
+// ConfigMap or Secret reaches several subcommands, and only some read it (the
+// migration Job has no use for the auth secret): each key must be read by at
+// least one subcommand it reaches.
 func TestFlagsAndVariablesExist(t *testing.T) {
 	bin := buildKeepwatch(t)
 	helps := map[string]*help{}
-	for _, u := range usages(t) {
+	us, sharedKeys := usages(t)
+	readBy := map[string]bool{} // "Secret/name KEY" read by some consumer
+	for _, u := range us {
 		key := strings.Join(u.sub, " ")
 		h, ok := helps[key]
 		if !ok {
@@ -125,6 +136,18 @@ func TestFlagsAndVariablesExist(t *testing.T) {
 		for _, v := range u.vars {
 			if !h.vars[v] {
 				t.Errorf("%s: keepwatch %s reads no %s (%s)", u.where, key, v, h.source)
+			}
+		}
+		for _, src := range u.shared {
+			for _, k := range sharedKeys[src] {
+				readBy[src+" "+k] = readBy[src+" "+k] || h.vars[k]
+			}
+		}
+	}
+	for src, keys := range sharedKeys {
+		for _, k := range keys {
+			if consumed, ok := readBy[src+" "+k]; ok && !consumed {
+				t.Errorf("%s holds %s, which no keepwatch subcommand that reads %s uses", src, k, src)
 			}
 		}
 	}

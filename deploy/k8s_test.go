@@ -2,9 +2,13 @@ package deploy_test
 
 import (
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -256,4 +260,180 @@ func checkPodSpec(t *testing.T, d doc, configs map[string]map[string]any) {
 			}
 		}
 	}
+}
+
+// podTemplates returns every Deployment's and Job's pod template with the
+// object it belongs to.
+func podTemplates(docs []doc) []doc {
+	var out []doc
+	for _, kind := range []string{"Deployment", "Job"} {
+		out = append(out, byKind(docs, kind)...)
+	}
+	return out
+}
+
+// storePorts reads the Redis and MongoDB ports the ConfigMap points at.
+func storePorts(t *testing.T, docs []doc) (redisPort int, mongoPorts []int) {
+	t.Helper()
+	var cm map[string]any
+	for _, d := range byKind(docs, "ConfigMap") {
+		if str(d.m, "metadata", "name") == "keepwatch" {
+			cm = mapping(d.m, "data")
+		}
+	}
+	u, err := url.Parse(fmt.Sprint(cm["KEEPWATCH_REDIS_URL"]))
+	if err != nil || u.Port() == "" {
+		t.Fatalf("KEEPWATCH_REDIS_URL %v has no port: %v", cm["KEEPWATCH_REDIS_URL"], err)
+	}
+	redisPort, _ = strconv.Atoi(u.Port())
+	uri := strings.TrimPrefix(fmt.Sprint(cm["KEEPWATCH_MONGO_URI"]), "mongodb://")
+	hosts, _, _ := strings.Cut(uri, "/")
+	for _, h := range strings.Split(hosts, ",") {
+		_, p, err := net.SplitHostPort(h)
+		if err != nil {
+			t.Fatalf("KEEPWATCH_MONGO_URI host %q: %v", h, err)
+		}
+		n, _ := strconv.Atoi(p)
+		mongoPorts = append(mongoPorts, n)
+	}
+	return redisPort, mongoPorts
+}
+
+// policyPorts lists "PROTO/port" of every port a rule list of a policy allows.
+func policyPorts(rules []any) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range rules {
+		for _, p := range list(r, "ports") {
+			out[fmt.Sprintf("%s/%v", str(p, "protocol"), get(p, "port"))] = true
+		}
+	}
+	return out
+}
+
+// TestNetworkPolicies checks that every keepwatch pod is fenced in both
+// directions, and that its policy still lets through what the pod needs: its
+// own HTTP port in, DNS out, and the Redis and MongoDB ports of the ConfigMap's
+// URLs for the stores its subcommand uses. A policy that blocked any of them
+// would take the service down the moment it is applied.
+func TestNetworkPolicies(t *testing.T) {
+	docs := k8sDocs(t)
+	redisPort, mongoPorts := storePorts(t, docs)
+	policies := byKind(docs, "NetworkPolicy")
+	if len(policies) == 0 {
+		t.Fatal("no NetworkPolicy")
+	}
+	for _, d := range podTemplates(docs) {
+		name := str(d.m, "metadata", "name")
+		labels := mapping(d.m, "spec", "template", "metadata", "labels")
+		t.Run(fmt.Sprintf("%s %s", d.m["kind"], name), func(t *testing.T) {
+			var pol map[string]any
+			for _, p := range policies {
+				if subset(mapping(p.m, "spec", "podSelector", "matchLabels"), labels) {
+					if pol != nil {
+						t.Fatalf("more than one NetworkPolicy selects the pods of %s", name)
+					}
+					pol = p.m
+				}
+			}
+			if pol == nil {
+				t.Fatalf("no NetworkPolicy selects the pods of %s (labels %v)", name, labels)
+			}
+			if types := strs(list(pol, "spec", "policyTypes")); !slices.Contains(types, "Ingress") || !slices.Contains(types, "Egress") {
+				t.Errorf("policy %s has policyTypes %v, want Ingress and Egress", str(pol, "metadata", "name"), types)
+			}
+			in, out := policyPorts(list(pol, "spec", "ingress")), policyPorts(list(pol, "spec", "egress"))
+			container := get(d.m, "spec", "template", "spec", "containers", 0)
+			for _, p := range list(container, "ports") {
+				if want := fmt.Sprintf("TCP/%v", get(p, "containerPort")); !in[want] {
+					t.Errorf("ingress does not allow the container port %s", want)
+				}
+			}
+			if !out["UDP/53"] {
+				t.Error("egress does not allow DNS (UDP/53)")
+			}
+			args := strs(list(container, "args"))
+			needRedis := len(args) > 0 && (args[0] == "command" || args[0] == "flush" || args[0] == "query")
+			needMongo := len(args) > 0 && (args[0] == "migrate" || args[0] == "flush" || args[0] == "query" ||
+				(args[0] == "command" && !slices.Contains(args, "--flush=false")))
+			if needRedis && !out[fmt.Sprintf("TCP/%d", redisPort)] {
+				t.Errorf("%v needs Redis, and egress does not allow TCP/%d (KEEPWATCH_REDIS_URL)", args, redisPort)
+			}
+			for _, p := range mongoPorts {
+				if needMongo && !out[fmt.Sprintf("TCP/%d", p)] {
+					t.Errorf("%v needs MongoDB, and egress does not allow TCP/%d (KEEPWATCH_MONGO_URI)", args, p)
+				}
+			}
+		})
+	}
+}
+
+// TestPodsReadTheSecretAndLeaveMemoryHeadroom guards two ways a correct-looking
+// manifest fails in production: a credential moved into the Secret (as the
+// ConfigMap advises) must reach every pod, so each reads the ConfigMap and
+// then the Secret (which wins a key both define); and GOMEMLIMIT must sit
+// below the memory limit, since the Go runtime's limit covers only what Go
+// allocates and the kernel kills at the container's limit.
+func TestPodsReadTheSecretAndLeaveMemoryHeadroom(t *testing.T) {
+	for _, d := range podTemplates(k8sDocs(t)) {
+		for _, c := range list(d.m, "spec", "template", "spec", "containers") {
+			where := fmt.Sprintf("%s %s container %s", d.m["kind"], str(d.m, "metadata", "name"), str(c, "name"))
+			var sources []string
+			for _, ef := range list(c, "envFrom") {
+				if r := mapping(ef, "configMapRef"); r != nil {
+					sources = append(sources, "ConfigMap/"+str(r, "name"))
+				}
+				if r := mapping(ef, "secretRef"); r != nil {
+					sources = append(sources, "Secret/"+str(r, "name"))
+				}
+			}
+			if !slices.Equal(sources, []string{"ConfigMap/keepwatch", "Secret/keepwatch"}) {
+				t.Errorf("%s: envFrom %v, want the ConfigMap keepwatch then the Secret keepwatch", where, sources)
+			}
+			limit, err := k8sBytes(str(c, "resources", "limits", "memory"))
+			if err != nil {
+				t.Errorf("%s: memory limit: %v", where, err)
+				continue
+			}
+			var goLimit string
+			for _, e := range list(c, "env") {
+				if str(e, "name") == "GOMEMLIMIT" {
+					goLimit = str(e, "value")
+				}
+			}
+			n, err := goBytes(goLimit)
+			if err != nil {
+				t.Errorf("%s: GOMEMLIMIT %q: %v", where, goLimit, err)
+				continue
+			}
+			if ratio := float64(n) / float64(limit); ratio > 0.9 || ratio < 0.5 {
+				t.Errorf("%s: GOMEMLIMIT %s is %.0f%% of the %s memory limit, want 50–90%%", where, goLimit, ratio*100, str(c, "resources", "limits", "memory"))
+			}
+		}
+	}
+}
+
+// k8sBytes parses a Kubernetes memory quantity in the binary suffixes the
+// manifests use (Ki, Mi, Gi) or plain bytes.
+func k8sBytes(q string) (int64, error) {
+	for suffix, mul := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
+		if n, ok := strings.CutSuffix(q, suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			return v * mul, err
+		}
+	}
+	return strconv.ParseInt(q, 10, 64)
+}
+
+// goBytes parses GOMEMLIMIT's syntax: a number with B, KiB, MiB or GiB.
+func goBytes(s string) (int64, error) {
+	for _, u := range []struct {
+		suffix string
+		mul    int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			return v * u.mul, err
+		}
+	}
+	return 0, fmt.Errorf("want a number with B, KiB, MiB or GiB")
 }

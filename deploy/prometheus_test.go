@@ -1,6 +1,8 @@
 package deploy_test
 
 import (
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,4 +35,36 @@ func alertQueries(t *testing.T) map[string]string {
 		}
 	}
 	return out
+}
+
+// TestAlertRulesWithPromtool checks the rules with Prometheus' own tools:
+// `promtool check rules` parses every expression with the real PromQL parser,
+// and `promtool test rules` runs the committed cases of alerts_test.yaml
+// (every alert firing when it should, and staying quiet when it should). It
+// also makes sure no alert is left without a case.
+func TestAlertRulesWithPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is not on PATH: install Debian's prometheus package (apt-get install prometheus); .ci/run does")
+	}
+	for _, args := range [][]string{{"check", "rules", "alerts.yaml"}, {"test", "rules", "alerts_test.yaml"}} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = "prometheus"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	tested := map[string]bool{}
+	for _, d := range readDocs(t, "prometheus/alerts_test.yaml") {
+		for _, tc := range list(d.m, "tests") {
+			for _, a := range list(tc, "alert_rule_test") {
+				tested[str(a, "alertname")] = true
+			}
+		}
+	}
+	for k := range alertQueries(t) {
+		if name := strings.TrimPrefix(k, "alert "); !tested[name] {
+			t.Errorf("alert %s has no case in prometheus/alerts_test.yaml", name)
+		}
+	}
 }
