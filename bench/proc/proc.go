@@ -169,9 +169,11 @@ type Redis struct {
 // URL is the redis:// URL of the server.
 func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
 
-// StartRedis starts redis-server on a free port with persistence off (the
-// benchmark measures keepwatch, not the disk), pinned to core (-1: free).
-func StartRedis(ctx context.Context, name, dir string, core int) (*Redis, error) {
+// StartRedis starts redis-server on a free port, pinned to core (-1: free),
+// with aof as its persistence: "no" (none: the benchmark measures keepwatch,
+// not the disk), "everysec" or "always" (an append-only file in dir fsynced
+// every second or on every write, as production runs it). "" is "no".
+func StartRedis(ctx context.Context, name, dir string, core int, aof string) (*Redis, error) {
 	path, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server is not on PATH (Debian: apt-get install redis-server): %w", err)
@@ -185,10 +187,16 @@ func StartRedis(ctx context.Context, name, dir string, core int) (*Redis, error)
 	if err := os.MkdirAll(rdir, 0o755); err != nil {
 		return nil, fmt.Errorf("create redis dir: %w", err)
 	}
-	p, err := Start(Spec{Name: name, Path: path, Core: core, LogDir: dir, Args: []string{
-		"--port", port, "--bind", "127.0.0.1", "--dir", rdir, "--save", "", "--appendonly", "no",
-		"--protected-mode", "no",
-	}})
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--dir", rdir, "--save", "", "--protected-mode", "no"}
+	switch aof {
+	case "", "no":
+		args = append(args, "--appendonly", "no")
+	case "everysec", "always":
+		args = append(args, "--appendonly", "yes", "--appendfsync", aof)
+	default:
+		return nil, fmt.Errorf("redis persistence %q: want no, everysec or always", aof)
+	}
+	p, err := Start(Spec{Name: name, Path: path, Core: core, LogDir: dir, Args: args})
 	if err != nil {
 		return nil, err
 	}
