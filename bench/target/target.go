@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keepwatch/keepwatch/bench/proc"
+	"github.com/keepwatch/keepwatch/internal/freeport"
 )
 
 // Kind names a server under test.
@@ -136,8 +137,13 @@ type Running struct {
 	Servers []*proc.Process
 	// Redis is the target's redis-server, whose CPU the report shows per
 	// request (nil when it has none).
-	Redis *proc.Process
-	procs []*proc.Process // everything started, in start order
+	Redis *proc.Redis
+	procs []stopper // everything started, in start order
+}
+
+// stopper is a started process: a server or its redis-server.
+type stopper interface {
+	Stop(grace time.Duration) error
 }
 
 // Stop stops every process, newest first, and returns the first error.
@@ -173,13 +179,13 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 		if err != nil {
 			return err
 		}
-		r.procs = append(r.procs, rd.Process)
-		r.Redis = rd.Process
+		r.procs = append(r.procs, rd)
+		r.Redis = rd
 		r.RedisURL = rd.URL()
 		return nil
 	}
 	server := func(name, path string, args, env []string) (string, error) {
-		addr, err := proc.FreeAddr()
+		addr, err := freeport.Addr()
 		if err != nil {
 			return "", err
 		}
@@ -250,11 +256,11 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 // would inherit the one core and starve the API (measured: at 3,000 req/s
 // pinned to one core, flush never finished and the schedule fell behind).
 func launchDev(ctx context.Context, r *Running, c Config, dir string) error {
-	caddr, err := proc.FreeAddr()
+	caddr, err := freeport.Addr()
 	if err != nil {
 		return err
 	}
-	qaddr, err := proc.FreeAddr()
+	qaddr, err := freeport.Addr()
 	if err != nil {
 		return err
 	}

@@ -354,8 +354,8 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 			return res, fmt.Errorf("warm up: %w", err)
 		}
 	}
-	before := usage(run.Servers)
-	redisBefore := usage(redisOf(run))
+	before := usage(pids(run.Servers)...)
+	redisBefore := usage(redisOf(run)...)
 	t0 := time.Now()
 	wo.Duration = duration
 	profDone := make(chan error, 1)
@@ -372,8 +372,8 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 		}
 	}
 	elapsed := time.Since(t0)
-	after := usage(run.Servers)
-	redisAfter := usage(redisOf(run))
+	after := usage(pids(run.Servers)...)
+	redisAfter := usage(redisOf(run)...)
 	res = compareResult{Target: string(k), Result: r,
 		ServerCPU: (after.CPU - before.CPU).Seconds() / elapsed.Seconds(), ServerRSS: after.RSS}
 	if r.Requests > 0 {
@@ -383,19 +383,28 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 	return res, nil
 }
 
-// redisOf lists the target's redis-server, if it has one.
-func redisOf(run *target.Running) []*proc.Process {
+// redisOf lists the pid of the target's redis-server, if it has one.
+func redisOf(run *target.Running) []int {
 	if run.Redis == nil {
 		return nil
 	}
-	return []*proc.Process{run.Redis}
+	return []int{run.Redis.PID()}
+}
+
+// pids lists the processes' ids.
+func pids(ps []*proc.Process) []int {
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.PID()
+	}
+	return out
 }
 
 // usage sums CPU and RSS over processes (missing ones count zero).
-func usage(ps []*proc.Process) proc.Usage {
+func usage(pids ...int) proc.Usage {
 	var u proc.Usage
-	for _, p := range ps {
-		if x, err := proc.ReadUsage(p.PID()); err == nil {
+	for _, pid := range pids {
+		if x, err := proc.ReadUsage(pid); err == nil {
 			u.CPU += x.CPU
 			u.RSS += x.RSS
 		}
