@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -15,7 +17,6 @@ import (
 	"github.com/oklog/run"
 
 	"github.com/keepwatch/keepwatch/internal/auth"
-	"github.com/keepwatch/keepwatch/internal/devenv"
 	"github.com/keepwatch/keepwatch/internal/ferret"
 )
 
@@ -68,17 +69,17 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	}
 	secret := cfg.authSecret
 	if secret == "" {
-		s, created, err := devenv.LoadOrCreateSecret(cfg.dataDir)
+		s, created, err := loadOrCreateSecret(cfg.dataDir)
 		if err != nil {
 			return err
 		}
 		secret = s
 		if created {
-			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devenv.SecretFile))
+			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devSecretFile))
 		}
 	}
 
-	rds, err := devenv.StartRedis(ctx, filepath.Join(cfg.dataDir, "redis"), log)
+	rds, err := startDevRedis(ctx, filepath.Join(cfg.dataDir, "redis"))
 	if err != nil {
 		return fmt.Errorf("start redis: %w", err)
 	}
@@ -198,7 +199,7 @@ func httpURL(addr string) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-func printBanner(env *environment, cfg devConfig, rds *devenv.Redis, mongoDir, mongoAddr, tok string) {
+func printBanner(env *environment, cfg devConfig, rds *devRedis, mongoDir, mongoAddr, tok string) {
 	cmdURL, queryURL := httpURL(cfg.commandAddr), httpURL(cfg.queryAddr)
 	w := env.stdout
 	fmt.Fprintf(w, `

@@ -124,7 +124,7 @@ func TestCommandFlushesToMongo(t *testing.T) {
 		t.Fatalf("keepwatch_flush_written_total = %v, want at least %d\n%s", w, len(want), out)
 	}
 	// The buffer's backlog, read from Redis at the scrape: drained.
-	testenv.WaitFor(t, "the backlog gauge to show the drained buffer", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "the backlog gauge to show the drained buffer", func() bool {
 		return metric(t, base, "keepwatch_buffer_pending_entries") == 0
 	})
 	for _, name := range []string{"keepwatch_flush_lease_renewals_total", "keepwatch_flush_claims_lost_total"} {

@@ -278,7 +278,7 @@ func TestCrashLoopEndsInDeadLetter(t *testing.T) {
 	for {
 		ch := startChild(t, cfg)
 		dead := false
-		testenv.WaitFor(t, "the child flusher to die or the buffer to drain", 2*time.Minute, func() bool {
+		testenv.Eventually(t, 2*time.Minute, "the child flusher to die or the buffer to drain", func() bool {
 			select {
 			case <-ch.exited:
 				dead = true

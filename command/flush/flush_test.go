@@ -463,7 +463,7 @@ func TestRunStopsAfterCurrentBatch(t *testing.T) {
 // waitFor polls cond until it holds, for at most two minutes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	testenv.WaitFor(t, what, 2*time.Minute, cond)
+	testenv.Eventually(t, 2*time.Minute, what, cond)
 }
 
 // TestConcurrentFlushersConverge runs three flushers at once while events

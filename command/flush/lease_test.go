@@ -43,12 +43,12 @@ func TestWriteSlowerThanTheLeaseKeepsItsClaim(t *testing.T) {
 		st, err := slow.FlushOnce(ctx)
 		done <- result{st, err}
 	}()
-	testenv.WaitFor(t, "the slow flusher to claim its batch", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "the slow flusher to claim its batch", func() bool {
 		return counter(t, slowReg, "keepwatch_flush_batch_size") == 1
 	})
 	// Six renewals, one every third of a lease: two leases in which the
 	// batch would have been free for the taking without them.
-	testenv.WaitFor(t, "six renewals of the slow flusher's claim", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "six renewals of the slow flusher's claim", func() bool {
 		st, err := other.FlushOnce(ctx)
 		if err != nil || st.Entries != 0 {
 			t.Fatalf("a second flusher claimed %d entries (%v) of a batch whose claim is renewed", st.Entries, err)
@@ -165,7 +165,7 @@ func TestTakeOverWaitsForLapsedLeasesOnly(t *testing.T) {
 		_, err := holder.FlushOnce(ctx)
 		held <- err
 	}()
-	testenv.WaitFor(t, "the holder to claim its batch", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "the holder to claim its batch", func() bool {
 		return counter(t, holderReg, "keepwatch_flush_batch_size") == 1
 	})
 
@@ -179,7 +179,7 @@ func TestTakeOverWaitsForLapsedLeasesOnly(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- f.Run(rctx) }()
-	testenv.WaitFor(t, "the flusher's first drain", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "the flusher's first drain", func() bool {
 		_, ok := e.stored()[keepwatch.ID(marker.UserID, marker.VideoID)]
 		return ok
 	})
@@ -194,7 +194,7 @@ func TestTakeOverWaitsForLapsedLeasesOnly(t *testing.T) {
 	}
 	// Two leases and more, renewed by the holder: the flusher wakes at each
 	// lease end it saw, and finds nothing lapsed.
-	testenv.WaitFor(t, "six renewals of the held claim", time.Minute, func() bool {
+	testenv.Eventually(t, time.Minute, "six renewals of the held claim", func() bool {
 		return counter(t, holderReg, "keepwatch_flush_lease_renewals_total") >= 6
 	})
 	stored := e.stored()

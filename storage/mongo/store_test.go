@@ -216,7 +216,7 @@ func storeContract(t *testing.T, start func(testing.TB) *testenv.Mongo) {
 		m.Start()
 		// The driver finds the server again by itself.
 		var res keepwatch.WriteResult
-		testenv.WaitFor(t, "a write after the restart", time.Minute, func() bool {
+		testenv.Eventually(t, time.Minute, "a write after the restart", func() bool {
 			res, err = s.WriteProgress(ctx, one)
 			return !errors.Is(err, keepwatch.ErrUnavailable)
 		})

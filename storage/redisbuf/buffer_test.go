@@ -188,8 +188,9 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			t.Fatalf("pending = %+v", got)
 		}
 	})
-	// keys counts the keys left in Redis, on every master of a cluster.
-	keys := func(t *testing.T) int64 {
+	// drained fails unless Redis holds no key, on every master of a
+	// cluster: releasing every entry must leave nothing behind.
+	drained := func(t *testing.T) {
 		t.Helper()
 		var n int64
 		count := func(ctx context.Context, c *redis.Client) error {
@@ -211,12 +212,19 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return n
+		if n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
+		}
+	}
+	// clocked is a buffer whose clock is *now.
+	clocked := func(t *testing.T, shards int, now *time.Time) *redisbuf.Buffer {
+		t.Helper()
+		return newBuffer(t, c, redisbuf.Options{Shards: shards, Now: func() time.Time { return *now }})
 	}
 	t.Run("a renewed claim keeps its entries past its first lease, and loses them once it lapses", func(t *testing.T) {
 		reset(t)
 		now := time.Now()
-		b := newBuffer(t, c, redisbuf.Options{Shards: 2, Now: func() time.Time { return now }})
+		b := clocked(t, 2, &now)
 		u := fmt.Sprintf("user-%d", rand.Int())
 		shard := b.ShardOf(u)
 		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
@@ -272,15 +280,13 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if got := pendingMap(t, b, u); len(got) != 0 {
 			t.Fatalf("pending = %+v", got)
 		}
-		if n := keys(t); n != 0 {
-			t.Fatalf("%d keys left in a drained buffer", n)
-		}
+		drained(t)
 	})
 	t.Run("a lapsed claim is taken over from its lease end, and nothing pending from before", func(t *testing.T) {
 		reset(t)
 		t0 := time.Now().Truncate(time.Millisecond)
 		now := t0
-		b := newBuffer(t, c, redisbuf.Options{Shards: 1, Now: func() time.Time { return now }})
+		b := clocked(t, 1, &now)
 		apply(t, b, "u1", redisbuf.Entry{VideoID: "a", State: st(1, 1)}, redisbuf.Entry{VideoID: "b", State: st(1, 1)})
 		held, err := b.Claim(ctx, 0, 10, time.Second)
 		if err != nil || len(held.Entries) != 2 || !held.NextLeaseEnd.IsZero() {
@@ -333,15 +339,13 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err := b.Release(ctx, rest, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
-		if n := keys(t); n != 0 {
-			t.Fatalf("%d keys left in a drained buffer", n)
-		}
+		drained(t)
 	})
 	t.Run("failed attempts are counted with the entry across claims", func(t *testing.T) {
 		reset(t)
 		start := time.Now().Truncate(time.Millisecond)
 		now := start
-		b := newBuffer(t, c, redisbuf.Options{Shards: 2, Now: func() time.Time { return now }})
+		b := clocked(t, 2, &now)
 		u := fmt.Sprintf("user-%d", rand.Int())
 		shard := b.ShardOf(u)
 		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)})
@@ -388,14 +392,12 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
-		if n := keys(t); n != 0 {
-			t.Fatalf("%d keys left in a drained buffer", n)
-		}
+		drained(t)
 	})
 	t.Run("a lapsed claim released late, while another claim holds its entries, leaves nothing behind", func(t *testing.T) {
 		reset(t)
 		now := time.Now()
-		b := newBuffer(t, c, redisbuf.Options{Shards: 1, Now: func() time.Time { return now }})
+		b := clocked(t, 1, &now)
 		u := fmt.Sprintf("user-%d", rand.Int())
 		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
 		old, err := b.Claim(ctx, 0, 10, time.Second)
@@ -417,9 +419,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
 			t.Fatal(err)
 		}
-		if n := keys(t); n != 0 {
-			t.Fatalf("%d keys left in a drained buffer", n)
-		}
+		drained(t)
 	})
 	t.Run("one apply over many shards answers each write for itself", func(t *testing.T) {
 		reset(t)
