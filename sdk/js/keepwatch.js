@@ -260,9 +260,10 @@ class Tracker {
     // Written before it is sent: a tab that dies mid-request keeps it.
     this.#queue.put(entry);
     if (this.#heartbeat !== null) this.#scheduleHeartbeat();
-    if (this.#blocked()) {
-      // The retry timer sends the queue, this entry with it. A closing page
-      // with nowhere to keep it tries anyway.
+    if (this.#attempt > 0 || this.#blocked()) {
+      // Sends are failing: the retry timer sends the queue, this entry with
+      // it, one request at a time. A closing page with nowhere to keep it
+      // tries anyway.
       if (!(keepalive && this.#queue.volatile)) return Promise.resolve();
     }
     return this.#send([entry], { keepalive, single: true }).then((ok) => {

@@ -285,6 +285,19 @@ test('429 and 503 back off exponentially with jitter, honour Retry-After, and ke
   assert.equal(errors.length, 0, 'backing off is no error');
 });
 
+test('while sends fail, only the retry timer sends: one request at a time, whatever the heartbeats', async (t) => {
+  const p = page(t, () => ({ status: 429, headers: { 'Retry-After': '1' } }));
+  const media = new FakeMedia();
+  track(p, media, { interval: 500, retryMax: 4_000 });
+  media.play();
+  await advance(30_000, 50);
+  const sent = p.posts();
+  assert.equal(sent[0].path, '/v1/progress');
+  assert.ok(sent.slice(1).every((r) => r.path === '/v1/progress/batch'), 'after the first failure, only the queue is sent');
+  for (let i = 1; i < sent.length; i++) assert.ok(sent[i].at - sent[i - 1].at >= 1000, `Retry-After honoured: ${sent.map((r) => r.at - sent[0].at)}`);
+  assert.ok(sent.length <= 12, `${sent.length} requests in 30 s`);
+});
+
 test('a 4xx other than 401 and 429 is dropped, reported, and never retried', async (t) => {
   const p = page(t, () => ({ status: 422, body: { type: 'urn:keepwatch:problem:invalid', title: 'Unprocessable Entity', status: 422, detail: 'the event has invalid fields', errors: [{ field: 'percent', detail: 'must be a number from 0 to 100' }] } }));
   const storage = new MapStorage();
