@@ -28,6 +28,9 @@ func browserTools(t *testing.T) string {
 	if err != nil {
 		t.Fatal("node is not on PATH: install Node.js 20 or later (Debian: apt-get install nodejs); .ci/run does")
 	}
+	if err := exec.Command(node, "-e", "process.exit(+process.versions.node.split('.')[0] >= 20 ? 0 : 1)").Run(); err != nil {
+		t.Fatalf("%s is older than Node.js 20, which the tests' runner and playwright-core need: install Node.js 20 or later", node)
+	}
 	chromium := os.Getenv("KW_CHROMIUM")
 	if chromium == "" {
 		chromium = "/usr/bin/chromium"

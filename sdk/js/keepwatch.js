@@ -93,6 +93,7 @@ class Tracker {
   #backoffUntil = 0; // monotonic ms: our own backoff (flush() may skip it)
   #notBefore = 0; // monotonic ms: the server's Retry-After
   #draining = null;
+  #lastKeepalive = -Infinity; // monotonic ms of the last post made as the page went away
   #stopped = false;
   #detach = [];
 
@@ -254,9 +255,13 @@ class Tracker {
    */
   #post(keepalive = false) {
     if (!this.#engaged || this.#stopped) return Promise.resolve();
+    // A closing tab fires visibilitychange and then pagehide, milliseconds
+    // of playback apart: one post says it.
+    if (keepalive && monotonic() - this.#lastKeepalive < 1000) return Promise.resolve();
     const entry = this.#observe();
     if (!entry || (this.#last !== null && Math.abs(entry.e.position - this.#last) < 0.001)) return Promise.resolve();
     this.#last = entry.e.position;
+    if (keepalive) this.#lastKeepalive = monotonic();
     // Written before it is sent: a tab that dies mid-request keeps it.
     this.#queue.put(entry);
     if (this.#heartbeat !== null) this.#scheduleHeartbeat();

@@ -207,12 +207,14 @@ test('closing the page mid-play keeps the last position (keepalive with a prefli
   const p = await openPlayer({ user, videoId: 'e2e-close', interval: 600_000 }); // only the close can post
   await p.video.playUntil(2);
   const seen = await p.video.currentTime();
+  const accepted = await metric(COMMAND, 'keepwatch_events_accepted_total'); // this test alone posts now
   await p.page.close(); // fires visibilitychange and pagehide, then the page is gone
   const got = await waitFor('the position at close on the server', async () => {
     const x = await progress(user, 'e2e-close');
     return x && x.position >= round3(seen) ? x : null;
   });
   assert.ok(got.position < seen + 5, `position ${got.position}, seen ${seen}`);
+  assert.equal(await metric(COMMAND, 'keepwatch_events_accepted_total') - accepted, 1, 'one post for visibilitychange and pagehide');
   await p.context.close();
 });
 
