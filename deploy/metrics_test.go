@@ -10,9 +10,10 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keepwatch/keepwatch/internal/testenv"
 )
@@ -53,19 +54,8 @@ func exportedMetrics(t *testing.T) *metricSet {
 		}
 		cmd := exec.Command(bin, args...)
 		cmd.Env = env
-		logs := &testenv.Output{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			<-exited
-		})
 		urls[svc] = "http://" + addr
-		waitReady(t, urls[svc]+"/readyz", exited, logs)
+		testenv.StartProc(t, cmd).WaitHTTP(urls[svc]+"/readyz", http.StatusOK, time.Minute)
 	}
 
 	// Requests that make the labelled series appear: accepted, rejected, a
@@ -78,27 +68,9 @@ func exportedMetrics(t *testing.T) *metricSet {
 	ms := &metricSet{types: map[string]string{}, labels: map[string]map[string]bool{},
 		source: "the /metrics of the real command, query and flush processes"}
 	for _, svc := range []string{"command", "query", "flush"} {
-		parseExposition(scrape(t, urls[svc]+"/metrics"), ms)
+		ms.add(testenv.Scrape(t, urls[svc]+"/metrics"))
 	}
 	return ms
-}
-
-func waitReady(t *testing.T, url string, exited <-chan error, logs *testenv.Output) {
-	t.Helper()
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("%s: the process exited (%v) before it was ready:\n%s", url, err, logs)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 func send(t *testing.T, method, url, token, body string, want int) {
@@ -124,62 +96,30 @@ func send(t *testing.T, method, url, token, body string, want int) {
 	}
 }
 
-func scrape(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("%s: %d %v", url, resp.StatusCode, err)
-	}
-	return string(b)
-}
-
-// parseExposition reads the Prometheus text format: "# TYPE name type" lines
-// and samples "name{l="v",...} value".
-func parseExposition(text string, into *metricSet) {
-	sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s`)
-	label := regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="`)
-	for _, line := range strings.Split(text, "\n") {
-		if f := strings.Fields(line); len(f) == 4 && f[0] == "#" && f[1] == "TYPE" {
-			if into.types[f[2]] == "" {
-				into.types[f[2]] = f[3]
-			}
-			if into.labels[f[2]] == nil {
-				into.labels[f[2]] = map[string]bool{}
-			}
-			continue
-		}
-		m := sample.FindStringSubmatch(line)
-		if m == nil || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name := m[1]
-		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
-			if b, ok := strings.CutSuffix(name, suffix); ok && into.labels[b] != nil && into.types[name] == "" {
-				name = b
-			}
-		}
-		if into.labels[name] == nil {
-			into.labels[name] = map[string]bool{}
-		}
-		for _, l := range label.FindAllStringSubmatch(m[3], -1) {
-			if l[1] != "le" && l[1] != "quantile" {
-				into.labels[name][l[1]] = true
-			}
-		}
-	}
-}
-
 // metricSet is what the services export: metric names with their type and
 // label names.
 type metricSet struct {
 	types  map[string]string
 	labels map[string]map[string]bool
 	source string
+}
+
+// add records every family of a scrape: its type and the label names of its
+// series (le and quantile belong to the type, not to the metric).
+func (ms *metricSet) add(fams map[string]*dto.MetricFamily) {
+	for name, mf := range fams {
+		if ms.types[name] == "" {
+			ms.types[name] = strings.ToLower(mf.GetType().String())
+		}
+		if ms.labels[name] == nil {
+			ms.labels[name] = map[string]bool{}
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				ms.labels[name][l.GetName()] = true
+			}
+		}
+	}
 }
 
 // contractMetrics is the metric list of the contract: the real services must

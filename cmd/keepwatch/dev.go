@@ -81,7 +81,7 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 		}
 	}
 
-	rds, err := startDevRedis(ctx, filepath.Join(cfg.dataDir, "redis"), log)
+	rds, err := startDevRedis(ctx, filepath.Join(cfg.dataDir, "redis"))
 	if err != nil {
 		return fmt.Errorf("start redis: %w", err)
 	}

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -69,8 +68,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatal("redis-server is not on PATH: install it (Debian: apt-get install redis-server); .ci/run does")
 	}
 	dir := t.TempDir()
-	log := slog.New(slog.DiscardHandler)
-	r, err := startDevRedis(context.Background(), dir, log)
+	r, err := startDevRedis(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +82,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 	if err := syscall.Kill(r.PID, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Fatalf("redis-server pid %d still exists after Stop (kill 0: %v)", r.PID, err)
 	}
-	r, err = startDevRedis(context.Background(), dir, log)
+	r, err = startDevRedis(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,19 +10,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
+	"github.com/keepwatch/keepwatch/internal/redisserver"
 )
 
 // Redis is a running development Redis.
@@ -55,102 +50,30 @@ func (r *devRedis) Stop() error {
 // startDevRedis starts redis-server from PATH with its data (AOF, fsync every
 // second) in dir, or, when there is none, an embedded Redis-protocol server
 // whose data lives in memory and is saved to dir only when it stops cleanly.
-func startDevRedis(ctx context.Context, dir string, log *slog.Logger) (*devRedis, error) {
+func startDevRedis(ctx context.Context, dir string) (*devRedis, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("redis data directory: %w", err)
 	}
-	if path, err := exec.LookPath("redis-server"); err == nil {
-		return startChild(ctx, path, dir, log)
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		return startChild(ctx, dir)
 	}
 	return startEmbedded(dir)
 }
 
-// startChild runs redis-server on a free local port. The port is found by
-// binding :0 and releasing it, so another process may take it in between:
-// then redis-server exits at once and the next port is tried.
-func startChild(ctx context.Context, path, dir string, log *slog.Logger) (*devRedis, error) {
-	abs, err := filepath.Abs(dir)
+// startChild runs redis-server with its append-only file in dir, stopped
+// with keepwatch: SIGTERM on a clean stop (it then fsyncs the file), and the
+// kernel's parent-death signal if keepwatch is killed.
+func startChild(ctx context.Context, dir string) (*devRedis, error) {
+	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: dir, AppendFsync: "everysec", Core: -1, StopWithParent: true})
 	if err != nil {
-		return nil, fmt.Errorf("redis data directory: %w", err)
+		return nil, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		cmd := exec.Command(path,
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--protected-mode", "no",
-			"--dir", abs, "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-			"--logfile", filepath.Join(abs, "redis.log"), "--daemonize", "no")
-		setParentDeathSignal(cmd)
-		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("start %s: %w", path, err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		if err := waitPing(ctx, addr, exited); err != nil {
-			_ = cmd.Process.Kill()
-			<-exited
-			lastErr = fmt.Errorf("redis-server on %s (log: %s): %w", addr, filepath.Join(abs, "redis.log"), err)
-			log.Debug("redis-server did not start, trying another port", "err", lastErr)
-			continue
-		}
-		r := &devRedis{
-			URL:      "redis://" + addr + "/0",
-			PID:      cmd.Process.Pid,
-			Describe: fmt.Sprintf("redis-server (pid %d) on %s, append-only file in %s", cmd.Process.Pid, addr, abs),
-		}
-		r.stop = func() error {
-			// SIGTERM: redis-server fsyncs its append-only file and exits.
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-				return nil
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
-				return errors.New("redis-server did not stop within 10s after SIGTERM: killed")
-			}
-		}
-		return r, nil
-	}
-	return nil, lastErr
-}
-
-// waitPing polls PING until the server answers, it exits, or ctx ends.
-func waitPing(ctx context.Context, addr string, exited <-chan error) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		err := c.Ping(pctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case werr := <-exited:
-			return fmt.Errorf("exited: %v", werr)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no answer to PING within 10s: %w", err)
-		}
-	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return &devRedis{
+		URL:      srv.URL(),
+		PID:      srv.PID,
+		Describe: fmt.Sprintf("redis-server (pid %d) on %s, append-only file in %s", srv.PID, srv.Addr, dir),
+		stop:     func() error { return srv.Stop(10 * time.Second) },
+	}, nil
 }
 
 // startEmbedded runs miniredis on a free local port, loaded from the snapshot
