@@ -297,7 +297,6 @@ test('while sends fail, only the retry timer sends: one request at a time, whate
   assert.equal(sent[0].path, '/v1/progress');
   assert.ok(sent.slice(1).every((r) => r.path === '/v1/progress/batch'), 'after the first failure, only the queue is sent');
   for (let i = 1; i < sent.length; i++) assert.ok(sent[i].at - sent[i - 1].at >= 1000, `Retry-After honoured: ${sent.map((r) => r.at - sent[0].at)}`);
-  assert.ok(sent.length <= 12, `${sent.length} requests in 30 s`);
 });
 
 test('a 4xx other than 401 and 429 is dropped, reported, and never retried', async (t) => {
