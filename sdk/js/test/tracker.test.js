@@ -1,5 +1,5 @@
 // Unit tests of trackProgress: what is posted when, what waits, and how it
-// is retried. Run: node --test sdk/js/test/ (go test runs them too).
+// is retried. Run: npm test in sdk/js (go test ./sdk/js runs them too).
 import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { trackProgress, KeepwatchError } from '../keepwatch.js';
