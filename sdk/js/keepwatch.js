@@ -21,6 +21,12 @@ const BATCH_MAX_EVENTS = 100;
 const REQUEST_BYTES = 60 * 1024;
 /** Prefix of every storage key the SDK writes. */
 const STORAGE_PREFIX = 'keepwatch:v1:';
+/**
+ * How long an observation being posted is left alone by other tabs' queue
+ * sends (ms): long enough for a request, short enough that the progress of a
+ * tab that died mid-request is sent soon by the next.
+ */
+const LEASE = 30_000;
 
 /** The defaults of trackProgress's options. */
 export const defaults = Object.freeze({
@@ -188,7 +194,7 @@ class Tracker {
     if (!this.#stopped) await this.#post();
     this.#backoffUntil = 0;
     await this.#drain();
-    return this.#queue.list(this.#user).length;
+    return this.#queue.list(this.#user, true).length;
   }
 
   /** stop posts the current position if it changed, then detaches from the media. */
@@ -262,15 +268,16 @@ class Tracker {
     if (!entry || (this.#last !== null && Math.abs(entry.e.position - this.#last) < 0.001)) return Promise.resolve();
     this.#last = entry.e.position;
     if (keepalive) this.#lastKeepalive = monotonic();
-    // Written before it is sent: a tab that dies mid-request keeps it.
-    this.#queue.put(entry);
     if (this.#heartbeat !== null) this.#scheduleHeartbeat();
-    if (this.#attempt > 0 || this.#blocked()) {
-      // Sends are failing: the retry timer sends the queue, this entry with
-      // it, one request at a time. A closing page with nowhere to keep it
-      // tries anyway.
-      if (!(keepalive && this.#queue.volatile)) return Promise.resolve();
-    }
+    // Sends are failing: the retry timer sends the queue, this entry with it,
+    // one request at a time. A closing page with nowhere to keep it tries
+    // anyway.
+    const now = !(this.#attempt > 0 || this.#blocked()) || (keepalive && this.#queue.volatile);
+    // Written before it is sent, so a tab that dies mid-request keeps it;
+    // leased while in flight, so other tabs do not send it too.
+    if (now) entry.f = Date.now() + LEASE;
+    this.#queue.put(entry);
+    if (!now) return Promise.resolve();
     return this.#send([entry], { keepalive, single: true }).then((ok) => {
       if (ok && this.#queue.list(this.#user).length > 0) this.#drain();
     });
@@ -333,6 +340,12 @@ class Tracker {
    */
   async #send(entries, { keepalive, single }) {
     const ids = entries.map((x) => x.e.video_id);
+    // A failed send gives its entries back to the queue's sends.
+    const wait = (retryAfterMs, fromServer) => {
+      for (const x of entries) this.#queue.release(x);
+      this.#retry(retryAfterMs, fromServer);
+      return false;
+    };
     let refreshed = false;
     for (;;) {
       let token;
@@ -341,8 +354,7 @@ class Tracker {
         token = keepalive && this.#token && !refreshed ? this.#token : await this.#getToken(refreshed);
       } catch (err) {
         this.#report(new KeepwatchError('keepwatch: token() failed; the progress waits', { videoIds: ids, cause: err }));
-        this.#retry(0);
-        return false;
+        return wait(0);
       }
       // Observed before the first token told whose they are: they are this user's.
       entries = entries.map((x) => (x.u === null ? this.#queue.adopt(x, this.#user) : x));
@@ -367,8 +379,7 @@ class Tracker {
         });
       } catch {
         // Offline, refused, CORS, aborted: fetch tells them apart to nobody.
-        this.#retry(0);
-        return false;
+        return wait(0);
       }
       if (res.status === 202) {
         this.#attempt = 0;
@@ -390,12 +401,10 @@ class Tracker {
       const problem = await readProblem(res);
       if (res.status === 401) {
         this.#report(new KeepwatchError('keepwatch: the token was refused after a refresh; the progress waits', { status: 401, problem, videoIds: ids }));
-        this.#retry(0);
-        return false;
+        return wait(0);
       }
       if (res.status === 408 || res.status === 429 || res.status >= 500) {
-        this.#retry(retryAfter(res.headers.get('Retry-After')), res.status === 429 || res.status === 503);
-        return false;
+        return wait(retryAfter(res.headers.get('Retry-After')), res.status === 429 || res.status === 503);
       }
       // Any other 4xx: the server would refuse these events every time.
       for (const x of entries) this.#queue.remove(x);
@@ -498,6 +507,17 @@ class Queue {
     return y;
   }
 
+  /** release ends x's lease, so the queue's sends take it, unless a newer observation replaced it. */
+  release(x) {
+    if (!x.f) return;
+    const key = this.#key(x);
+    const cur = this.#read(key);
+    if (cur?.id === x.id && cur.f) {
+      delete cur.f;
+      this.#s.setItem(key, JSON.stringify(cur));
+    }
+  }
+
   /** remove deletes x's key unless it holds a newer observation by now. */
   remove(x) {
     const key = this.#key(x);
@@ -506,13 +526,16 @@ class Queue {
 
   /**
    * list returns the waiting observations, oldest first: all of them when
-   * user is undefined, else those of user and those of nobody yet.
+   * user is undefined, else those of user and those of nobody yet; those
+   * being posted (leased) only when leased is true.
    */
-  list(user) {
+  list(user, leased = false) {
     const out = [];
+    const now = Date.now();
     for (const key of this.#keys()) {
       const x = this.#read(key);
-      if (x && (user === undefined || x.u === null || x.u === user)) out.push(x);
+      if (!x || (!leased && x.f > now)) continue;
+      if (user === undefined || x.u === null || x.u === user) out.push(x);
     }
     return out.sort((a, b) => a.ts - b.ts);
   }

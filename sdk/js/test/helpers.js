@@ -133,6 +133,7 @@ export function page(t, respond = () => 202) {
       at: Date.now(),
     };
     requests.push(req);
+    if (server.hold) await server.hold; // a request in flight until the test lets it answer
     const r = server.respond(req) ?? 202;
     if (r instanceof Error) throw r;
     const { status, headers = {}, body } = typeof r === 'number' ? { status: r } : r;

@@ -434,6 +434,38 @@ test('two tabs sharing the storage keep each other\'s videos; an ack never remov
   assert.equal(storage.length, 0);
 });
 
+test('an observation one tab is posting is not sent again by another tab\'s queue', async (t) => {
+  const p = page(t);
+  const storage = new MapStorage();
+  const a = new FakeMedia();
+  trackProgress(a, { commandUrl: URL_, videoId: 'tab-a', token: p.token, fetch: p.fetch, storage });
+  const b = trackProgress(new FakeMedia(), { commandUrl: URL_, videoId: 'tab-b', token: p.token, fetch: p.fetch, storage });
+  await advance(10);
+  let answer;
+  p.server.hold = new Promise((r) => {
+    answer = r;
+  });
+  a.play();
+  a.pause(); // tab A's post is in flight
+  await settle();
+  assert.equal(await b.flush(), 1, 'waiting, in flight in tab A');
+  assert.deepEqual(p.posts().map((r) => r.path), ['/v1/progress'], 'tab B sent nothing');
+  answer();
+  await settle();
+  assert.equal(storage.length, 0);
+
+  // A failed post ends its lease at once: the queue sends it.
+  p.server.hold = null;
+  p.server.respond = () => new TypeError('offline');
+  a.play();
+  await advance(2_000);
+  a.pause();
+  await settle();
+  p.server.respond = () => 202;
+  assert.equal(await b.flush(), 0);
+  assert.deepEqual(p.posts().at(-1).body.events.map((e) => e.video_id), ['tab-a']);
+});
+
 test('an observation made before the token said whose it is never replaces a newer one of that user', async (t) => {
   const p = page(t, () => new TypeError('offline'));
   const storage = new MapStorage();

@@ -38,7 +38,7 @@ export function mint(secret, sub, ttl) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** waitFor polls fn until it returns something truthy, failing after timeout ms with what it waited for. */
-export async function waitFor(what, fn, timeout = 30_000) {
+export async function waitFor(what, fn, timeout = 60_000) {
   const deadline = Date.now() + timeout;
   let last;
   for (;;) {

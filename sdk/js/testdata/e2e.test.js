@@ -56,8 +56,8 @@ async function metric(base, name) {
  * refreshTTL. Every request to the command API is recorded with its start
  * time and status.
  */
-async function openPlayer({ user, videoId, interval, commandUrl = COMMAND, dateOffset = 0, tokenTTL = 600, refreshTTL = 600, options = {} }) {
-  const context = await browser.newContext();
+async function openPlayer({ user, videoId, interval, commandUrl = COMMAND, dateOffset = 0, tokenTTL = 600, refreshTTL = 600, options = {}, context }) {
+  context ??= await browser.newContext();
   const page = await context.newPage();
   const requests = [];
   const tokenCalls = [];
@@ -200,6 +200,25 @@ test('offline: progress waits in the queue, and back online it syncs and the new
   await waitFor('the queue to empty', async () => (await p.queued()).length === 0);
   assert.deepEqual(await p.errors(), []);
   await p.context.close();
+});
+
+test('two tabs share the queue: both videos sync, in one batch sent by one tab', async () => {
+  const user = userFor('tabs');
+  const a = await openPlayer({ user, videoId: 'e2e-tab-a', interval: 1000 });
+  const b = await openPlayer({ user, videoId: 'e2e-tab-b', interval: 1000, context: a.context }); // same storage
+  await Promise.all([a.video.playUntil(1.2), b.video.playUntil(1.2)]);
+  await waitFor('a heartbeat of each tab on the server', async () => (await progress(user, 'e2e-tab-a')) && (await progress(user, 'e2e-tab-b')));
+  await a.context.setOffline(true);
+  const atA = await a.video.pause();
+  const atB = await b.video.pause();
+  await waitFor('both pauses queued in the shared storage', async () => (await a.queued()).length === 2);
+  await a.context.setOffline(false);
+  await waitFor('both positions on the server', async () => (await progress(user, 'e2e-tab-a'))?.position === atA && (await progress(user, 'e2e-tab-b'))?.position === atB);
+  await waitFor('the queue to empty', async () => (await a.queued()).length === 0);
+  const batches = [...a.requests, ...b.requests].filter((r) => r.path === '/v1/progress/batch' && r.status !== 0);
+  assert.equal(batches.length, 1, `batches: ${JSON.stringify(batches)}`);
+  assert.deepEqual(batches[0].body.events.map((e) => e.video_id).sort(), ['e2e-tab-a', 'e2e-tab-b']);
+  await a.context.close();
 });
 
 test('closing the page mid-play keeps the last position (keepalive with a preflighted Authorization header)', async () => {
