@@ -11,12 +11,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/pprof"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/gofiber/fiber/v2/middleware/cors"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fastjson"
@@ -63,6 +66,9 @@ type Config struct {
 	MaxConns   int
 	AdminToken string // enables /debug/pprof when set
 	OpenAPI    []byte // served at /openapi.json when set
+	// CORSOrigins lists the origins (scheme://host[:port]) web players may
+	// post from; empty turns CORS off.
+	CORSOrigins []string
 }
 
 // DefaultConfig returns the documented defaults.
@@ -120,6 +126,11 @@ func (cfg Config) Validate() error {
 	case cfg.MaxConns <= 0:
 		return errors.New("--max-conns must be positive")
 	}
+	for _, o := range cfg.CORSOrigins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("--cors-origins: %q is not an origin: want scheme://host[:port]", o)
+		}
+	}
 	return nil
 }
 
@@ -172,6 +183,18 @@ func (s *Service) now() time.Time {
 }
 
 func (s *Service) routes(gatherer prometheus.Gatherer) {
+	if len(s.cfg.CORSOrigins) > 0 {
+		// Web players post cross-origin with a bearer token, so every
+		// request is preflighted; MaxAge lets the browser keep the answer,
+		// which a page close's keepalive request then needs no round trip for.
+		s.app.Use(cors.New(cors.Config{
+			AllowOrigins:  strings.Join(s.cfg.CORSOrigins, ","),
+			AllowMethods:  "POST,DELETE",
+			AllowHeaders:  "Authorization,Content-Type",
+			ExposeHeaders: "Retry-After",
+			MaxAge:        600,
+		}))
+	}
 	s.app.Post("/v1/progress", s.timed("/v1/progress", s.postProgress))
 	s.app.Post("/v1/progress/batch", s.timed("/v1/progress/batch", s.postBatch))
 	s.app.Delete("/v1/progress/:video_id", s.timed("/v1/progress/{video_id}", s.deleteProgress))

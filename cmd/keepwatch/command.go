@@ -26,6 +26,7 @@ type commandConfig struct {
 	shutdownGrace  time.Duration
 	drainDelay     time.Duration
 	flushOn        bool
+	corsOrigins    string
 	api            command.Config
 	redis          redisConfig
 	mongo          mongoConfig
@@ -42,6 +43,8 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
 	fs.BoolVar(&c.flushOn, "flush", true, "run the flusher in this process (needs MongoDB)")
+	fs.StringVar(&c.corsOrigins, "cors-origins", "",
+		"browser origins allowed to call the API, comma-separated (https://app.example.com); empty: CORS off")
 	fs.IntVar(&c.api.BodyLimit, "body-limit", d.BodyLimit, "largest request body in bytes (413 above)")
 	fs.DurationVar(&c.api.ReadTimeout, "read-timeout", d.ReadTimeout, "longest a client may take to send one request; slower ones are disconnected")
 	fs.DurationVar(&c.api.IdleTimeout, "idle-timeout", d.IdleTimeout, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
@@ -90,6 +93,11 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	apiCfg.HighWater = cfg.redis.highWater
 	apiCfg.AdminToken = cfg.adminToken
 	apiCfg.OpenAPI = api.OpenAPI
+	for o := range strings.SplitSeq(cfg.corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			apiCfg.CORSOrigins = append(apiCfg.CORSOrigins, o)
+		}
+	}
 	if err := apiCfg.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
