@@ -31,8 +31,6 @@ import (
 // Buffer is what the command side needs of the Redis buffer.
 type Buffer interface {
 	Applier
-	// Stats returns the pending count and the oldest pending time.
-	Stats(ctx context.Context) (keepwatch.BufferStats, error)
 	// Ping returns an error wrapping keepwatch.ErrUnavailable when unreachable.
 	Ping(ctx context.Context) error
 }
@@ -57,8 +55,7 @@ type Config struct {
 	RateBurst      int
 	RateUsers      int // users the limiter tracks at most
 	Commit         CommitConfig
-	HighWater      int64         // for the metric; the buffer enforces it
-	StatsInterval  time.Duration // how often the buffer gauges are sampled
+	HighWater      int64 // for the metric; the buffer enforces it
 	// ReadTimeout bounds the reading of one request, IdleTimeout the wait of
 	// a keep-alive connection for its next one (0: ReadTimeout). There is no
 	// write timeout: every answer fits in the socket buffer, and a deadline
@@ -79,9 +76,8 @@ func DefaultConfig() Config {
 	return Config{
 		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
 		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
-		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
-		StatsInterval: time.Second,
-		ReadTimeout:   30 * time.Second, IdleTimeout: 120 * time.Second,
+		Commit:      CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
+		ReadTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
 		MaxConns: 50_000,
 	}
 }
@@ -96,7 +92,6 @@ type Service struct {
 	commit  *committer
 	parsers fastjson.ParserPool
 	m       *metrics
-	gauges  *BufferGauges
 	log     *slog.Logger
 	ready   atomic.Bool
 	// clock, when set (tests), replaces the receive time of requests.
@@ -124,8 +119,6 @@ func (cfg Config) Validate() error {
 		return errors.New("--commit-window must not be negative")
 	case cfg.Commit.Timeout <= 0:
 		return errors.New("--redis-timeout must be positive")
-	case cfg.StatsInterval <= 0:
-		return errors.New("the stats interval must be positive")
 	case cfg.ReadTimeout <= 0:
 		return errors.New("--read-timeout must be positive: without it a slow client holds a connection for ever")
 	case cfg.IdleTimeout < 0:
@@ -149,7 +142,7 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("command: %w", err)
 	}
-	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), gauges: NewBufferGauges(reg), log: log}
+	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log}
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
 	if s.limiter != nil {
 		// The verifier keeps each token's bucket, so a request finds both in
@@ -466,12 +459,6 @@ func queryMillis(c *fiber.Ctx, name string, errs *[]keepwatch.FieldError) int64 
 		return 0
 	}
 	return n
-}
-
-// Run samples the buffer's gauges until ctx is done.
-func (s *Service) Run(ctx context.Context) error {
-	s.gauges.Run(ctx, s.buf, s.cfg.StatsInterval, s.log)
-	return nil
 }
 
 // Drain turns readiness off, so load balancers stop sending traffic.

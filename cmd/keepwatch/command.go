@@ -108,6 +108,7 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(verifier.Collectors("command")...)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
 	svc, err := command.New(apiCfg, buf, verifier, reg, reg, log)
 	if err != nil {
 		_ = client.Close()
@@ -142,9 +143,6 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	log.Info("listening", "addr", ln.Addr().String(), "flush", cfg.flushOn, "shards", buf.Shards(), "high_water", cfg.redis.highWater)
 
 	addHTTP(&g, svc, ln, cfg.drainDelay, cfg.shutdownGrace, log, func() { _ = client.Close() })
-	// Buffer gauges.
-	sctx, scancel := context.WithCancel(context.Background())
-	g.Add(func() error { return svc.Run(sctx) }, func(error) { scancel() })
 	addSignal(&g, ctx, log)
 	return &g, nil
 }
