@@ -63,12 +63,7 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = cmd.Run(sctx) }()
 	t.Cleanup(func() {
-		cancel()
-		<-done
 		_ = cmdShell.Shutdown(context.Background())
 		cmd.Close()
 	})

@@ -5,7 +5,6 @@ package command
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,8 +24,6 @@ import (
 // Buffer is what the command side needs of the Redis buffer.
 type Buffer interface {
 	Applier
-	// Stats returns the pending count and the oldest pending time.
-	Stats(ctx context.Context) (keepwatch.BufferStats, error)
 }
 
 // Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
@@ -34,16 +31,14 @@ type Config struct {
 	BatchMaxEvents int
 	MaxEventAge    time.Duration
 	Commit         CommitConfig
-	HighWater      int64         // for the metric; the buffer enforces it
-	StatsInterval  time.Duration // how often the buffer gauges are sampled
+	HighWater      int64 // for the metric; the buffer enforces it
 }
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
 		BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
-		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
-		StatsInterval: time.Second,
+		Commit: CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 	}
 }
 
@@ -85,7 +80,6 @@ type Service struct {
 	commit  *committer
 	parsers fastjson.ParserPool
 	m       *metrics
-	gauges  *BufferGauges
 	log     *slog.Logger
 	closed  sync.Once
 }
@@ -107,8 +101,6 @@ func (cfg Config) Validate() error {
 		return errors.New("--commit-window must not be negative")
 	case cfg.Commit.Timeout <= 0:
 		return errors.New("--redis-timeout must be positive")
-	case cfg.StatsInterval <= 0:
-		return errors.New("the stats interval must be positive")
 	}
 	return nil
 }
@@ -122,7 +114,7 @@ func New(cfg Config, shell *edge.Shell, buf Buffer, reg prometheus.Registerer, l
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("command: %w", err)
 	}
-	s := &Service{cfg: cfg, shell: shell, buf: buf, m: newMetrics(reg), gauges: NewBufferGauges(reg), log: log}
+	s := &Service{cfg: cfg, shell: shell, buf: buf, m: newMetrics(reg), log: log}
 	s.commit = newCommitter(cfg.Commit, buf, func(n int, d time.Duration) {
 		s.m.commitSize.Observe(float64(n))
 		s.m.commitDur.Observe(d.Seconds())
@@ -296,12 +288,6 @@ func queryMillis(c *fiber.Ctx, name string, errs *[]keepwatch.FieldError) int64 
 		return 0
 	}
 	return n
-}
-
-// Run samples the buffer's gauges until ctx is done.
-func (s *Service) Run(ctx context.Context) error {
-	s.gauges.Run(ctx, s.buf, s.cfg.StatsInterval, s.log)
-	return nil
 }
 
 // Close stops the group commit once every queued write is answered; writes

@@ -2,14 +2,11 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/keepwatch/keepwatch/internal/testenv"
 )
@@ -53,67 +50,10 @@ func buildBinary(t *testing.T, why string) string {
 	return binPath
 }
 
-// proc is a keepwatch child process.
-type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	logs   *testenv.Output
-	exited chan struct{}
-	err    error // after exited is closed
-}
-
-// startProc starts cmd, stopping it (SIGTERM, then SIGKILL) when the test
-// ends.
-func startProc(t *testing.T, cmd *exec.Cmd) *proc {
-	t.Helper()
-	p := &proc{t: t, cmd: cmd, logs: &testenv.Output{}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	return p
-}
-
 // running fails the test if the process has exited.
-func (p *proc) running() {
-	p.t.Helper()
-	select {
-	case <-p.exited:
-		p.t.Fatalf("the process exited (%v):\n%s", p.err, p.logs)
-	default:
-	}
-}
-
-// waitStatus polls url until it answers want, failing if the process exits.
-func (p *proc) waitStatus(url string, want int) {
-	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
-		}
-		p.running()
-		if time.Now().After(deadline) {
-			p.t.Fatalf("%s never answered %d (last: %v)\n%s", url, want, err, p.logs)
-		}
-		time.Sleep(20 * time.Millisecond)
+func running(t *testing.T, p *testenv.Proc) {
+	t.Helper()
+	if exited, err := p.Exited(); exited {
+		t.Fatalf("the process exited (%v):\n%s", err, p.Logs)
 	}
 }

@@ -100,6 +100,7 @@ func addCommand(ctx context.Context, env *environment, g *run.Group, cfg *comman
 	u.add(func() { _ = client.Close() })
 	reg := env.registerer("command")
 	reg.MustRegister(verifier.Collectors()...)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
 	shell, err := edge.New(ecfg, edge.Deps{Verifier: verifier, Ready: buf.Ping, Registerer: reg, Gatherer: env.reg, Logger: log})
 	if err != nil {
 		return usageError{err.Error()}
@@ -111,8 +112,8 @@ func addCommand(ctx context.Context, env *environment, g *run.Group, cfg *comman
 	u.add(svc.Close)
 
 	// The Redis client closes when the last of its users stops: the server
-	// (its last requests), the gauges and the flusher (its last batch).
-	users := 2
+	// (its last requests) and the flusher (its last batch).
+	users := 1
 	if cfg.flushOn {
 		users++
 	}
@@ -144,11 +145,6 @@ func addCommand(ctx context.Context, env *environment, g *run.Group, cfg *comman
 		svc.Close() // after the server: every request in flight has its answer
 		closeRedis()
 	}})
-	sctx, scancel := context.WithCancel(context.Background())
-	g.Add(func() error {
-		defer closeRedis()
-		return svc.Run(sctx)
-	}, func(error) { scancel() })
 	return nil
 }
 

@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -43,7 +45,8 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devRun {
 		cmdURL: "http://" + cmdAddr, queryURL: "http://" + queryAddr}
 	env := &environment{stdout: r.out, stderr: r.out, getenv: func(string) string { return "" },
 		logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	args := append([]string{"dev", "--data-dir", dataDir, "--command-addr", cmdAddr, "--query-addr", queryAddr}, extra...)
+	demoAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	args := append([]string{"dev", "--data-dir", dataDir, "--command-addr", cmdAddr, "--query-addr", queryAddr, "--demo-addr", demoAddr}, extra...)
 	go func() { r.code <- Main(ctx, env, args) }()
 	t.Cleanup(func() { r.stop() })
 	for _, u := range []string{r.cmdURL, r.queryURL} {
@@ -130,23 +133,10 @@ func (r *devRun) keepWatching(token string) string {
 // n documents to MongoDB.
 func (r *devRun) waitFlushed(n int) {
 	r.t.Helper()
-	re := regexp.MustCompile(`(?m)^keepwatch_flush_written_total\{service="command"\} (\S+)$`)
-	for {
-		resp, err := http.Get(r.cmdURL + "/metrics")
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		var got float64
-		if m := re.FindSubmatch(b); m != nil {
-			fmt.Sscan(string(m[1]), &got)
-		}
-		if got >= float64(n) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(r.t, time.Minute, "the flusher to write to MongoDB", func() bool {
+		v, _ := testenv.MetricValue(testenv.Scrape(r.t, r.cmdURL+"/metrics"), "keepwatch_flush_written_total")
+		return v >= float64(n)
+	})
 }
 
 // TestDevRunsEverythingAndKeepsDataAcrossRestarts follows the README: start

@@ -109,12 +109,12 @@ func TestIdleFloodUnderLowFileLimit(t *testing.T) {
 	r := testenv.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	base := "http://" + addr
-	p := startProc(t, underFileLimit(bin, 256, "command", "--flush=false", "--http-addr", addr,
+	p := testenv.StartProc(t, underFileLimit(bin, 256, "command", "--flush=false", "--http-addr", addr,
 		"--redis-url", r.URL(), "--auth-secret", "s", "--max-conns-per-ip", "50", "--idle-timeout", "1m"))
-	p.waitStatus(base+"/readyz", http.StatusOK)
-	lowered := regexp.MustCompile(`--max-conns lowered.*"max_conns":50000,"lowered_to":(\d+),"open_file_limit":256`).FindStringSubmatch(p.logs.String())
+	p.WaitHTTP(base+"/readyz", http.StatusOK, time.Minute)
+	lowered := regexp.MustCompile(`--max-conns lowered.*"max_conns":50000,"lowered_to":(\d+),"open_file_limit":256`).FindStringSubmatch(p.Logs.String())
 	if lowered == nil {
-		t.Fatalf("no log line naming --max-conns 50000 and the open-file limit 256:\n%s", p.logs)
+		t.Fatalf("no log line naming --max-conns 50000 and the open-file limit 256:\n%s", p.Logs)
 	}
 	t.Logf("--max-conns 50000 lowered to %s under ulimit -n 256", lowered[1])
 
@@ -124,7 +124,7 @@ func TestIdleFloodUnderLowFileLimit(t *testing.T) {
 	if one.statuses["held"] > 50 || one.statuses["429"] == 0 {
 		t.Fatalf("600 connections from one address: %v, want at most 50 held and the rest refused with 429", one.statuses)
 	}
-	p.running()
+	running(t, p)
 	if code := answers(t, base+"/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz during the flood from one address: %d", code)
 	}
@@ -141,7 +141,7 @@ func TestIdleFloodUnderLowFileLimit(t *testing.T) {
 		held += f.statuses["held"]
 		refused += f.statuses["503"]
 	}
-	p.running()
+	running(t, p)
 	answers(t, base+"/healthz") // an answer, 503 while every slot is held
 	var max int
 	fmt.Sscan(lowered[1], &max)
@@ -153,15 +153,15 @@ func TestIdleFloodUnderLowFileLimit(t *testing.T) {
 	}
 
 	// After the flood: normal service.
-	p.waitStatus(base+"/healthz", http.StatusOK)
+	p.WaitHTTP(base+"/healthz", http.StatusOK, time.Minute)
 	tok, err := auth.Mint("s", "after-flood", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if code := postProgress(t, base, tok, `{"video_id":"v1","percent":5}`); code != http.StatusAccepted {
-		t.Fatalf("POST after the flood: %d\n%s", code, p.logs)
+		t.Fatalf("POST after the flood: %d\n%s", code, p.Logs)
 	}
-	p.running()
+	running(t, p)
 }
 
 // TestDevSurvivesIdleFloodUnderLowFileLimit: keepwatch dev under `ulimit -n
@@ -171,17 +171,17 @@ func TestDevSurvivesIdleFloodUnderLowFileLimit(t *testing.T) {
 	bin := buildBinary(t, "run it under a low open-file limit")
 	cmdAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	queryAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	p := startProc(t, underFileLimit(bin, 512, "dev", "--data-dir", t.TempDir(),
+	p := testenv.StartProc(t, underFileLimit(bin, 512, "dev", "--data-dir", t.TempDir(),
 		"--command-addr", cmdAddr, "--query-addr", queryAddr))
 	for _, a := range []string{cmdAddr, queryAddr} {
-		p.waitStatus("http://"+a+"/readyz", http.StatusOK)
+		p.WaitHTTP("http://"+a+"/readyz", http.StatusOK, time.Minute)
 	}
-	tok := devTokenRE.FindString(p.logs.String())
+	tok := devTokenRE.FindString(p.Logs.String())
 	if tok == "" {
-		t.Fatalf("no token printed:\n%s", p.logs)
+		t.Fatalf("no token printed:\n%s", p.Logs)
 	}
 	floods := []*flooded{flood(t, cmdAddr, "127.0.0.2", 600), flood(t, queryAddr, "127.0.0.3", 600)}
-	p.running()
+	running(t, p)
 	for _, a := range []string{cmdAddr, queryAddr} {
 		answers(t, "http://"+a+"/healthz")
 	}
@@ -190,10 +190,10 @@ func TestDevSurvivesIdleFloodUnderLowFileLimit(t *testing.T) {
 		f.close()
 	}
 	for _, a := range []string{cmdAddr, queryAddr} {
-		p.waitStatus("http://"+a+"/healthz", http.StatusOK)
+		p.WaitHTTP("http://"+a+"/healthz", http.StatusOK, time.Minute)
 	}
 	if code := postProgress(t, "http://"+cmdAddr, tok, `{"video_id":"after-flood","percent":5}`); code != http.StatusAccepted {
-		t.Fatalf("POST after the flood: %d\n%s", code, p.logs)
+		t.Fatalf("POST after the flood: %d\n%s", code, p.Logs)
 	}
 	req, _ := http.NewRequest(http.MethodGet, "http://"+queryAddr+"/v1/keep-watching", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
@@ -206,7 +206,7 @@ func TestDevSurvivesIdleFloodUnderLowFileLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "after-flood") {
 		t.Fatalf("keep-watching after the flood: %d %s", resp.StatusCode, body)
 	}
-	p.running()
+	running(t, p)
 }
 
 // TestSecretsFromFiles: --auth-secret-file and --admin-token-file keep the

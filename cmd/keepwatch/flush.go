@@ -11,7 +11,6 @@ import (
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/command/flush"
 	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/storage/mongo"
@@ -33,13 +32,13 @@ func (c *flushConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Batch, "flush-batch", d.Batch, "most entries claimed and written at once")
 	fs.IntVar(&c.Parallelism, "flush-parallelism", d.Parallelism, "shards flushed at once")
 	fs.DurationVar(&c.Lease, "flush-lease", d.Lease,
-		"how long a claimed batch is hidden from other flushers (a crashed flusher's batch comes back after it)")
+		"how long a claimed batch is hidden from other flushers unless renewed; renewed every third while it is written, so a killed flusher's batch comes back within about this long")
 	fs.IntVar(&c.chunk, "flush-chunk", mongo.DefaultWriteChunk,
 		"statements per MongoDB bulk write (FerretDB hangs on ~100)")
 	fs.IntVar(&c.MaxRetries, "flush-max-retries", d.MaxRetries, "retries of a failing batch within one claim")
 	fs.DurationVar(&c.MaxBackoff, "flush-max-backoff", d.MaxBackoff, "longest wait between two retries")
 	fs.IntVar(&c.DeadLetterAfter, "flush-dead-letter-after", d.DeadLetterAfter,
-		"failed attempts after which a batch goes to dead letters (MongoDB being unreachable never counts)")
+		"failed attempts after which a batch goes to dead letters: writes MongoDB refused, and claims whose flusher died (MongoDB being unreachable never counts)")
 }
 
 // startFlusher builds the flusher of a process; the caller runs it with Run
@@ -123,7 +122,7 @@ func serveFlush(ctx context.Context, env *environment, g *run.Group, args []stri
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	gauges := command.NewBufferGauges(reg)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
 	ln, err := net.Listen("tcp", cfg.http.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.http.addr, err)
@@ -131,7 +130,7 @@ func serveFlush(ctx context.Context, env *environment, g *run.Group, args []stri
 	log.Info("listening", "addr", ln.Addr().String(), "shards", buf.Shards())
 
 	// Redis and MongoDB close when the flusher and the server are done.
-	release := lastOut(3, func() {
+	release := lastOut(2, func() {
 		_ = store.Close(context.WithoutCancel(ctx))
 		_ = client.Close()
 	})
@@ -148,12 +147,5 @@ func serveFlush(ctx context.Context, env *environment, g *run.Group, args []stri
 	})
 	// HTTP stays up until the flusher has stopped.
 	shell.AddTo(g, ln, edge.Stopping{Wait: flushDone, Stopped: release})
-	// Buffer gauges: pending entries and the age of the oldest (flush lag).
-	gctx, gcancel := context.WithCancel(context.Background())
-	g.Add(func() error {
-		defer release()
-		gauges.Run(gctx, buf, min(cfg.flush.Interval, 5*time.Second), log)
-		return nil
-	}, func(error) { gcancel() })
 	return nil
 }

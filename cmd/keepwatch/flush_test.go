@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,23 +46,13 @@ func waitMongo(t *testing.T, db *mgo.Database, want map[string]float64) {
 	}
 }
 
-// metric reads one sample, name and labels as the page shows them, from a
-// /metrics page.
+// metric reads a metric from a /metrics page, summed over its series (the
+// service label among them).
 func metric(t *testing.T, base, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		t.Fatalf("no %s in /metrics:\n%s", name, body)
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testenv.MetricValue(testenv.Scrape(t, base+"/metrics"), name)
+	if !ok {
+		t.Fatalf("no %s in %s/metrics", name, base)
 	}
 	return v
 }
@@ -121,8 +108,17 @@ func TestCommandFlushesToMongo(t *testing.T) {
 
 	want := postRounds(t, base, mintTokens(t, "s", 3), 4, 3, 1)
 	waitMongo(t, m.DB(), want)
-	if w := metric(t, base, `keepwatch_flush_written_total{service="command"}`); w < float64(len(want)) {
+	if w := metric(t, base, "keepwatch_flush_written_total"); w < float64(len(want)) {
 		t.Fatalf("keepwatch_flush_written_total = %v, want at least %d\n%s", w, len(want), out)
+	}
+	// The buffer's backlog, read from Redis at the scrape: drained.
+	testenv.Eventually(t, time.Minute, "the backlog gauge to show the drained buffer", func() bool {
+		return metric(t, base, "keepwatch_buffer_pending_entries") == 0
+	})
+	for _, name := range []string{"keepwatch_flush_lease_renewals_total", "keepwatch_flush_claims_lost_total"} {
+		if v := metric(t, base, name); v != 0 {
+			t.Fatalf("%s = %v, want 0 (batches this small finish within a third of a lease)", name, v)
+		}
 	}
 	cancel()
 	if code := <-done; code != 0 {
@@ -161,11 +157,17 @@ func TestFlushSubcommandCoalesces(t *testing.T) {
 		done, out := startMain(t, fctx, "flush", "--http-addr", flushAddr, "--redis-url", r.URL(),
 			"--mongo-uri", m.URI, "--mongo-db", m.Database, "--flush-interval", "1h")
 		waitStatus(t, "http://"+flushAddr+"/readyz", http.StatusOK)
+		if c == 0 {
+			// The flush process exports the backlog it drains.
+			if p := metric(t, "http://"+flushAddr, "keepwatch_buffer_pending_entries"); p > float64(len(want)) {
+				t.Fatalf("keepwatch_buffer_pending_entries = %v with %d keys posted", p, len(want))
+			}
+		}
 		waitMongo(t, m.DB(), want)
 		// The counter moves right after the write MongoDB just showed.
 		var w float64
 		for deadline := time.Now().Add(30 * time.Second); w < float64(len(want)) && time.Now().Before(deadline); {
-			w = metric(t, "http://"+flushAddr, `keepwatch_flush_written_total{service="flush"}`)
+			w = metric(t, "http://"+flushAddr, "keepwatch_flush_written_total")
 		}
 		writes += w
 		fcancel()
@@ -223,11 +225,11 @@ func TestReplayCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	bobX := keepwatch.Progress{UserID: "bob", VideoID: "x", State: keepwatch.State{EventTime: 7, Percent: 70, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}}
-	id, err := store.AddDeadLetter(ctx, mongo.DeadLetter{Entries: []mongo.DeadEntry{{Progress: bobX, Error: "E11000"}}, Error: "E11000", Attempts: 1})
+	id, err := store.AddDeadLetter(ctx, keepwatch.DeadLetter{Entries: []keepwatch.DeadEntry{{Progress: bobX, Error: "E11000"}}, Error: "E11000", Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := store.AddDeadLetter(ctx, mongo.DeadLetter{Entries: []mongo.DeadEntry{{Progress: bobX}}, Error: "to discard", Attempts: 1})
+	other, err := store.AddDeadLetter(ctx, keepwatch.DeadLetter{Entries: []keepwatch.DeadEntry{{Progress: bobX}}, Error: "to discard", Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,16 +2,13 @@ package testenv
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keepwatch/keepwatch/internal/redisserver"
 )
 
 // StartRedisLoading starts a redis-server that answers LOADING for a while,
@@ -24,9 +21,13 @@ import (
 // Start work as for StartRedis.
 func StartRedisLoading(t testing.TB, keys int, perKey time.Duration) *Redis {
 	t.Helper()
-	r := StartRedis(t, "--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", "no")
-	c := redis.NewClient(&redis.Options{Addr: r.Addr})
 	ctx := context.Background()
+	o := redisserver.Options{Dir: t.TempDir(), Core: -1, AppendFsync: "always", Args: []string{"--aof-use-rdb-preamble", "no"}}
+	srv, err := redisserver.Start(ctx, o)
+	if err != nil {
+		t.Fatalf("testenv: %v (.ci/run installs redis-server)", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	for i := 0; i < keys; i += 1000 {
 		pipe := c.Pipeline()
 		for k := i; k < min(keys, i+1000); k++ {
@@ -34,45 +35,25 @@ func StartRedisLoading(t testing.TB, keys int, perKey time.Duration) *Redis {
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			_ = c.Close()
+			srv.Kill()
 			t.Fatalf("fill redis: %v", err)
 		}
 	}
 	_ = c.Close()
-	r.Stop()
+	srv.Kill()
 
-	r.args = append(r.args, "--key-load-delay", strconv.FormatInt(perKey.Microseconds(), 10))
-	cmd := exec.Command(redisServerPath(t), r.args...)
-	logf, err := os.Create(filepath.Join(r.dir, fmt.Sprintf("redis-loading-%d.log", time.Now().UnixNano())))
-	if err == nil {
-		cmd.Stdout, cmd.Stderr = logf, logf
+	o.Port, o.ReturnWhileLoading = srv.Port, true
+	o.Args = append(o.Args, "--key-load-delay", strconv.FormatInt(perKey.Microseconds(), 10))
+	loading, err := redisserver.Start(ctx, o)
+	if err != nil {
+		t.Fatalf("testenv: restart redis-server to load %d keys: %v", keys, err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("restart redis-server: %v", err)
-	}
-	r.cmd = cmd
-	// Wait for the first answer: LOADING, or the test would not test it.
+	r := &Redis{t: t, Port: loading.Port, Addr: loading.Addr, srv: loading}
+	t.Cleanup(r.Stop)
 	probe := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
 	defer probe.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := probe.Ping(pctx).Err()
-		cancel()
-		switch {
-		case err == nil:
-			r.Stop()
-			logs, _ := filepath.Glob(filepath.Join(r.dir, "redis-loading-*.log"))
-			var log []byte
-			if len(logs) > 0 {
-				log, _ = os.ReadFile(logs[len(logs)-1])
-			}
-			t.Fatalf("redis-server answered before it had loaded %d keys: raise keys or perKey\n%s", keys, log)
-		case strings.HasPrefix(err.Error(), "LOADING"):
-			return r
-		case time.Now().After(deadline):
-			r.Stop()
-			t.Fatalf("redis-server on %s never answered LOADING: %v", r.Addr, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := probe.Ping(ctx).Err(); err == nil || !redis.HasErrorPrefix(err, "LOADING") {
+		t.Fatalf("testenv: redis-server answered %v, not LOADING: raise keys or perKey", err)
 	}
+	return r
 }
