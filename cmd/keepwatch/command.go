@@ -9,7 +9,6 @@ import (
 
 	"github.com/oklog/run"
 
-	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/edge"
 )
@@ -74,15 +73,9 @@ func serveCommand(ctx context.Context, env *environment, g *run.Group, args []st
 // on an error it releases what it had set up.
 func addCommand(ctx context.Context, env *environment, g *run.Group, cfg *commandConfig, appName string, files edge.FileBudget) (err error) {
 	log := env.logger.With("service", "command")
-	ecfg := cfg.http.edge
-	verifier, err := cfg.api.apply(&ecfg)
+	ecfg, verifier, err := cfg.api.shell(&cfg.http, files)
 	if err != nil {
 		return err
-	}
-	ecfg.OpenAPI = api.OpenAPI
-	ecfg.Files = files
-	if err := ecfg.Validate(); err != nil {
-		return usageError{err.Error()}
 	}
 	ccfg := cfg.cmd
 	ccfg.Commit.Timeout = cfg.redis.timeout

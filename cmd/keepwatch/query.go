@@ -10,7 +10,6 @@ import (
 	"github.com/oklog/run"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/query"
 	"github.com/keepwatch/keepwatch/storage/mongo"
@@ -78,15 +77,9 @@ func serveQuery(ctx context.Context, env *environment, g *run.Group, args []stri
 // MongoDB alone until it is back.
 func addQuery(ctx context.Context, env *environment, g *run.Group, cfg *queryConfig, appName string, files edge.FileBudget) (err error) {
 	log := env.logger.With("service", "query")
-	ecfg := cfg.http.edge
-	verifier, err := cfg.api.apply(&ecfg)
+	ecfg, verifier, err := cfg.api.shell(&cfg.http, files)
 	if err != nil {
 		return err
-	}
-	ecfg.OpenAPI = api.OpenAPI
-	ecfg.Files = files
-	if err := ecfg.Validate(); err != nil {
-		return usageError{err.Error()}
 	}
 	readOpts := mongo.ReadOptions{ReadPreference: cfg.readPreference, MaxStaleness: cfg.maxStaleness}
 	if _, err := readOpts.ReadPref(); err != nil {

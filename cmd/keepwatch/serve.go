@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/internal/auth"
 	"github.com/keepwatch/keepwatch/internal/edge"
 )
@@ -50,18 +51,21 @@ func (c *apiConfig) register(fs *flag.FlagSet) {
 		"browser origins allowed to call the API, comma-separated (https://app.example.com); empty: CORS off")
 }
 
-// apply reads the secrets into e and returns the token verifier.
-func (c *apiConfig) apply(e *edge.Config) (*auth.Verifier, error) {
+// shell returns an API's edge configuration, validated (the HTTP flags, the
+// secrets, CORS, the OpenAPI document and the open-file budget), and its
+// token verifier.
+func (c *apiConfig) shell(h *httpConfig, files edge.FileBudget) (edge.Config, *auth.Verifier, error) {
+	e := h.edge
 	secrets, err := c.authSecret.get()
 	if err != nil {
-		return nil, err
+		return e, nil, err
 	}
 	v, err := auth.NewVerifier(strings.Split(secrets, ","), c.tokenCacheSize)
 	if err != nil {
-		return nil, usageError{err.Error()}
+		return e, nil, usageError{err.Error()}
 	}
 	if e.AdminToken, err = c.adminToken.get(); err != nil {
-		return nil, err
+		return e, nil, err
 	}
 	e.CORS.Origins = nil
 	for o := range strings.SplitSeq(c.corsOrigins, ",") {
@@ -69,7 +73,11 @@ func (c *apiConfig) apply(e *edge.Config) (*auth.Verifier, error) {
 			e.CORS.Origins = append(e.CORS.Origins, o)
 		}
 	}
-	return v, nil
+	e.OpenAPI, e.Files = api.OpenAPI, files
+	if err := e.Validate(); err != nil {
+		return e, nil, usageError{err.Error()}
+	}
+	return e, v, nil
 }
 
 // secret is a flag that holds a secret, with a twin --NAME-file that reads it
