@@ -32,8 +32,9 @@ func malformed(msg string) *keepwatch.Error {
 	return &keepwatch.Error{Code: keepwatch.EMALFORMED, Message: msg}
 }
 
-// eventFields are the keys of an event, and batchFields those of a batch's
-// envelope. A key that differs from one of them only in case is refused:
+// eventFields are the keys of an event (of a batch's event: all but
+// sent_at), and batchFields those of a batch's envelope. A key that differs
+// from one of them only in case is refused:
 // encoding/json matches keys to fields ignoring case (folding ſ to s and K to
 // k too), so a Go gateway would read "PERCENT" as the percent that keepwatch
 // ignores.
@@ -241,7 +242,7 @@ func (d *decoder) decodeBatch(body []byte, tm timing, maxEvents int) (batchResul
 	}
 	for i, ev := range arr {
 		if eo, err := ev.Object(); err == nil {
-			if err := sameButCase(eo, eventFields[:], " of events["+itoa(i)+"]"); err != nil {
+			if err := sameButCase(eo, eventFields[:5], " of events["+itoa(i)+"]"); err != nil {
 				return batchResult{}, err
 			}
 		}
