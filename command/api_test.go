@@ -1154,3 +1154,93 @@ func TestNumberRulesOnTheSpelledDecimal(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenRules holds the command API to the token rules, on tokens whose
+// every byte the test controls: each refused token gets 401 on every write
+// route and stores nothing.
+func TestTokenRules(t *testing.T) {
+	e := newEnv(t, func(s *setup) {
+		s.auth.Issuer, s.auth.Audience, s.auth.MaxTTL = "https://id.example", "keepwatch", 2*time.Hour
+	})
+	now := time.Now()
+	at := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
+	const hs = `{"alg":"HS256","typ":"JWT"}`
+	// claims are a valid token's claims for user with extra fields spliced in.
+	claims := func(user, extra string) string {
+		return `{"sub":"` + user + `","iss":"https://id.example","aud":"keepwatch","iat":` + at(0) + `,"exp":` + at(time.Hour) + extra + `}`
+	}
+	respell := func(tok string) []string { // the other spellings of the signature's last character
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		last := strings.IndexByte(alphabet, tok[len(tok)-1])
+		var out []string
+		for _, bit := range []int{1, 2, 3} { // a 32-byte HMAC leaves 2 unused bits
+			out = append(out, tok[:len(tok)-1]+string(alphabet[last^bit]))
+		}
+		return out
+	}
+	refused := map[string]func(user string) []string{
+		"exp a string": func(u string) []string {
+			return []string{handToken(hs, `{"sub":"`+u+`","iss":"https://id.example","aud":"keepwatch","iat":`+at(0)+`,"exp":"`+at(time.Hour)+`"}`, secretNew)}
+		},
+		"iat a string": func(u string) []string {
+			return []string{handToken(hs, `{"sub":"`+u+`","iss":"https://id.example","aud":"keepwatch","iat":"`+at(0)+`","exp":`+at(time.Hour)+`}`, secretNew)}
+		},
+		"nbf a string": func(u string) []string { return []string{handToken(hs, claims(u, `,"nbf":"`+at(0)+`"`), secretNew)} },
+		"iat past the leeway": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"iat":`+at(0), `"iat":`+at(2*time.Minute), 1), secretNew)}
+		},
+		"crit": func(u string) []string {
+			return []string{handToken(`{"alg":"HS256","crit":["b64"],"b64":false}`, claims(u, ""), secretNew)}
+		},
+		"signature respelled": func(u string) []string { return respell(handToken(hs, claims(u, ""), secretNew)) },
+		"sub with \\xff":      func(u string) []string { return []string{handToken(hs, claims(u+"\xff", ""), secretNew)} },
+		"sub with \\xfe":      func(u string) []string { return []string{handToken(hs, claims(u+"\xfe", ""), secretNew)} },
+		"sub twice":           func(u string) []string { return []string{handToken(hs, claims(u, `,"sub":"other"`), secretNew)} },
+		"wrong issuer": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), "id.example", "id.example.evil", 1), secretNew)}
+		},
+		"no audience": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"aud":"keepwatch",`, "", 1), secretNew)}
+		},
+		"lifetime over the max": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"exp":`+at(time.Hour), `"exp":`+at(3*time.Hour), 1), secretNew)}
+		},
+		"no iat with a max lifetime": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"iat":`+at(0)+`,`, "", 1), secretNew)}
+		},
+	}
+	for name, toks := range refused {
+		t.Run(name, func(t *testing.T) {
+			user := e.user("u")
+			for _, tok := range toks(user) {
+				for _, r := range []req{
+					{path: "/v1/progress", body: `{"video_id":"v","percent":1}`},
+					{path: "/v1/progress/batch", body: `{"events":[{"video_id":"v","percent":1}]}`},
+					{method: http.MethodDelete, path: "/v1/progress/v"},
+				} {
+					r.auth = "Bearer " + tok
+					nothingStored(t, e, user, func() {
+						for range 2 { // a refused token is never cached
+							e.do(r).problem(t, http.StatusUnauthorized)
+						}
+					})
+				}
+			}
+		})
+	}
+	t.Run("the exactly right token", func(t *testing.T) {
+		user := e.user("u")
+		tok := handToken(hs, claims(user, `,"nbf":`+at(30*time.Second)), secretNew) // nbf within the leeway
+		for range 2 {
+			e.do(req{path: "/v1/progress", body: `{"video_id":"v","percent":1}`, auth: "Bearer " + tok}).accepted(t)
+		}
+		minted, err := auth.MintFor(secretOld, user, time.Hour, "https://id.example", "keepwatch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.do(req{path: "/v1/progress", body: `{"video_id":"w","percent":2}`, auth: "Bearer " + minted}).accepted(t)
+		if got := e.pending(user); len(got) != 2 {
+			t.Fatalf("stored %v", got)
+		}
+	})
+}
