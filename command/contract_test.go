@@ -1,7 +1,6 @@
 package command_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,56 +26,6 @@ import (
 // accepted exactly when it is valid by the document (a batch's event
 // exactly when it is valid by BatchEvent), and what is stored is what
 // encoding/json reads from it under the documented rounding and event time.
-
-// corpusCase is one line of a testdata/contract file.
-type corpusCase struct {
-	status int
-	name   string
-	body   []byte
-}
-
-func readCorpus(tb testing.TB, name string) []corpusCase {
-	tb.Helper()
-	f, err := os.Open("testdata/contract/" + name)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	var cases []corpusCase
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		fs := strings.SplitN(line, " ", 3)
-		if len(fs) < 2 {
-			tb.Fatalf("%s:%d: want: status name body", name, n)
-		}
-		status, err := strconv.Atoi(fs[0])
-		if err != nil {
-			tb.Fatalf("%s:%d: status %q", name, n, fs[0])
-		}
-		body := ""
-		if len(fs) == 3 {
-			body = fs[2]
-		}
-		if strings.HasPrefix(body, `q"`) {
-			if body, err = strconv.Unquote(body[1:]); err != nil {
-				tb.Fatalf("%s:%d: quoted body: %v", name, n, err)
-			}
-		}
-		cases = append(cases, corpusCase{status, fs[1], []byte(body)})
-	}
-	if err := sc.Err(); err != nil {
-		tb.Fatal(err)
-	}
-	if len(cases) == 0 {
-		tb.Fatalf("%s holds no case", name)
-	}
-	return cases
-}
 
 // contract is the OpenAPI document's request schemas and the field names
 // the key rules apply to.
@@ -453,10 +401,10 @@ func TestContract(t *testing.T) {
 		name  string
 		check func(*testing.T, *env, []byte) int
 	}{{"single.txt", c.checkSingle}, {"batch.txt", c.checkBatch}} {
-		for _, tc := range readCorpus(t, file.name) {
-			t.Run(strings.TrimSuffix(file.name, ".txt")+"/"+tc.name, func(t *testing.T) {
-				if got := file.check(t, e, tc.body); got != tc.status {
-					t.Errorf("%q: status %d, the corpus says %d", tc.body, got, tc.status)
+		for _, tc := range command.ReadCorpus(t, file.name) {
+			t.Run(strings.TrimSuffix(file.name, ".txt")+"/"+tc.Name, func(t *testing.T) {
+				if got := file.check(t, e, tc.Body); got != tc.Status {
+					t.Errorf("%q: status %d, the corpus says %d", tc.Body, got, tc.Status)
 				}
 			})
 		}
@@ -475,8 +423,8 @@ func FuzzContractBatch(f *testing.F) {
 }
 
 func fuzzContract(f *testing.F, corpus string, check func(*contract, *testing.T, *env, []byte) int) {
-	for _, tc := range readCorpus(f, corpus) {
-		f.Add(tc.body)
+	for _, tc := range command.ReadCorpus(f, corpus) {
+		f.Add(tc.Body)
 	}
 	c, e := loadContract(f), newEnv(f)
 	f.Fuzz(func(t *testing.T, body []byte) {

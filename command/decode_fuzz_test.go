@@ -97,6 +97,9 @@ func FuzzDecodeProgress(f *testing.F) {
 	for _, s := range progressSeeds {
 		f.Add([]byte(s))
 	}
+	for _, tc := range ReadCorpus(f, "single.txt") {
+		f.Add(tc.Body)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := newDecoder().decodeProgress(body, fuzzTiming)
 		if err != nil {
@@ -119,6 +122,9 @@ func FuzzScanProgress(f *testing.F) {
 	}
 	for _, s := range scanSeeds {
 		f.Add([]byte(s))
+	}
+	for _, tc := range ReadCorpus(f, "single.txt") {
+		f.Add(tc.Body)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fast, ok := scanProgress(body, fuzzTiming)
@@ -168,6 +174,9 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add([]byte(`{"events":null,"sent_at":-1}`))
 	f.Add([]byte(`{"sent_at":1,"events":[{"video_id":"v","percent":1,"ts":9999999999999}]}`))
 	f.Add([]byte(`[{"video_id":"v","percent":1}]`))
+	for _, tc := range ReadCorpus(f, "batch.txt") {
+		f.Add(tc.Body)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		res, err := newDecoder().decodeBatch(body, fuzzTiming, fuzzMaxEvents)
 		if err != nil {
