@@ -34,10 +34,9 @@ func malformed(msg string) *keepwatch.Error {
 
 // eventFields are the keys of an event (of a batch's event: all but
 // sent_at), and batchFields those of a batch's envelope. A key that differs
-// from one of them only in case is refused:
-// encoding/json matches keys to fields ignoring case (folding ſ to s and K to
-// k too), so a Go gateway would read "PERCENT" as the percent that keepwatch
-// ignores.
+// from one of them only in case is refused: encoding/json matches keys to
+// fields ignoring case (folding ſ to s and K to k too), so a Go gateway
+// would read "PERCENT" as the percent that keepwatch ignores.
 var (
 	eventFields = [...]string{"video_id", "percent", "position", "duration", "ts", "sent_at"}
 	batchFields = [...]string{"sent_at", "events"}

@@ -19,7 +19,7 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 	var pct, pos, dur, ts, sentAt []byte
 	var seen uint8 // bit per known field: a repeated field goes the slow way
 	// The unknown keys so far, to find a repeated one without allocating;
-	// a body with more goes the slow way.
+	// a body with more than eight goes the slow way.
 	var unknown [8][]byte
 	nUnknown := 0
 	s := scanner{b: body}
