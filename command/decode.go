@@ -3,6 +3,7 @@ package command
 import (
 	"bytes"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
@@ -78,17 +79,51 @@ func (d *decoder) object(body []byte) (*fastjson.Object, error) {
 }
 
 // sameButCase refuses a key of o that differs from one of names only in
-// case (by Unicode simple folding, as encoding/json and bytes.EqualFold do).
+// case.
 func sameButCase(o *fastjson.Object, names []string, where string) error {
 	var err error
 	o.Visit(func(k []byte, _ *fastjson.Value) {
-		for _, n := range names {
-			if err == nil && string(k) != n && bytes.EqualFold(k, []byte(n)) {
-				err = malformed("the key " + ijson.QuoteKey(string(k)) + where + " differs from \"" + n + "\" only in case")
-			}
+		if n, ok := caseVariant(k, names); ok && err == nil {
+			err = malformed("the key " + ijson.QuoteKey(string(k)) + where + " differs from \"" + n + "\" only in case")
 		}
 	})
 	return err
+}
+
+// caseVariant returns the name of names that key equals ignoring case (by
+// Unicode simple folding, as encoding/json and bytes.EqualFold do) without
+// being it.
+func caseVariant(key []byte, names []string) (string, bool) {
+	ascii := true
+	for _, c := range key {
+		if c >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	for _, n := range names {
+		switch {
+		case string(key) == n:
+		case ascii && len(key) == len(n) && asciiFold(key, n):
+			return n, true
+		case !ascii && bytes.EqualFold(key, []byte(n)): // ſ folds to s, K to k
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// asciiFold reports whether ASCII a equals f (lower case) ignoring case.
+func asciiFold(a []byte, f string) bool {
+	for i, c := range a {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != f[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // parseProgress is decodeProgress for any body: it accepts the same events as

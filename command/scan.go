@@ -133,25 +133,8 @@ func plainKey(key []byte) bool {
 			return false
 		}
 	}
-	for _, f := range eventFields {
-		if len(key) == len(f) && asciiFold(key, f) {
-			return false
-		}
-	}
-	return true
-}
-
-// asciiFold reports whether ASCII a equals f (lower case) ignoring case.
-func asciiFold(a []byte, f string) bool {
-	for i, c := range a {
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != f[i] {
-			return false
-		}
-	}
-	return true
+	_, variant := caseVariant(key, eventFields[:])
+	return !variant
 }
 
 // scanSeconds is optSeconds for a scanned number token (nil: absent or null).
