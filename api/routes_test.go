@@ -58,14 +58,7 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = cmd.Run(sctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = cmd.Shutdown(context.Background())
-	})
+	t.Cleanup(func() { _ = cmd.Shutdown(context.Background()) })
 
 	m := testenv.StartMongo(t)
 	store, err := kwmongo.Open(ctx, kwmongo.Options{URI: m.URI, Database: m.Database, Timeout: 10 * time.Second})

@@ -910,7 +910,7 @@ func TestMetricsCountEvents(t *testing.T) {
 			t.Errorf("%s = %q, want %s", series, got, v)
 		}
 	}
-	for _, name := range []string{"keepwatch_commit_batch_size_count", "keepwatch_buffer_pending_entries", `keepwatch_ready{service="command"} 1`} {
+	for _, name := range []string{"keepwatch_commit_batch_size_count", `keepwatch_ready{service="command"} 1`} {
 		if !strings.Contains(text, name) {
 			t.Errorf("/metrics has no %s", name)
 		}

@@ -11,13 +11,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/pprof"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/gofiber/fiber/v2/middleware/cors"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -28,8 +31,6 @@ import (
 // Buffer is what the command side needs of the Redis buffer.
 type Buffer interface {
 	Applier
-	// Stats returns the pending count and the oldest pending time.
-	Stats(ctx context.Context) (keepwatch.BufferStats, error)
 	// Ping returns an error wrapping keepwatch.ErrUnavailable when unreachable.
 	Ping(ctx context.Context) error
 }
@@ -52,14 +53,13 @@ type Config struct {
 	// MaxJSONDepth bounds how deep objects and arrays nest in a body. JSON
 	// libraries stop at different depths (Python at about 1,000, fastjson at
 	// 300), so a body nested deeper means nothing to some of them.
-	MaxJSONDepth  int
-	MaxEventAge   time.Duration
-	RateLimit     float64 // events per second per user; 0 disables
-	RateBurst     int
-	RateUsers     int // users the limiter tracks at most
-	Commit        CommitConfig
-	HighWater     int64         // for the metric; the buffer enforces it
-	StatsInterval time.Duration // how often the buffer gauges are sampled
+	MaxJSONDepth int
+	MaxEventAge  time.Duration
+	RateLimit    float64 // events per second per user; 0 disables
+	RateBurst    int
+	RateUsers    int // users the limiter tracks at most
+	Commit       CommitConfig
+	HighWater    int64 // for the metric; the buffer enforces it
 	// ReadTimeout bounds the reading of one request, IdleTimeout the wait of
 	// a keep-alive connection for its next one (0: ReadTimeout). There is no
 	// write timeout: every answer fits in the socket buffer, and a deadline
@@ -70,6 +70,9 @@ type Config struct {
 	MaxConns   int
 	AdminToken string // enables /debug/pprof when set
 	OpenAPI    []byte // served at /openapi.json when set
+	// CORSOrigins lists the origins (scheme://host[:port]) web players may
+	// post from; empty turns CORS off.
+	CORSOrigins []string
 }
 
 // MaxJSONDepth is the largest Config.MaxJSONDepth: fastjson, which reads the
@@ -81,9 +84,8 @@ func DefaultConfig() Config {
 	return Config{
 		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxJSONDepth: 32, MaxEventAge: 7 * 24 * time.Hour,
 		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
-		Commit:        CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
-		StatsInterval: time.Second,
-		ReadTimeout:   30 * time.Second, IdleTimeout: 120 * time.Second,
+		Commit:      CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
+		ReadTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
 		MaxConns: 50_000,
 	}
 }
@@ -99,7 +101,6 @@ type Service struct {
 	// decoders holds *decoder: the full parser's memory, reused.
 	decoders sync.Pool
 	m        *metrics
-	gauges   *BufferGauges
 	log      *slog.Logger
 	ready    atomic.Bool
 	// clock, when set (tests), replaces the receive time of requests.
@@ -129,14 +130,17 @@ func (cfg Config) Validate() error {
 		return errors.New("--commit-window must not be negative")
 	case cfg.Commit.Timeout <= 0:
 		return errors.New("--redis-timeout must be positive")
-	case cfg.StatsInterval <= 0:
-		return errors.New("the stats interval must be positive")
 	case cfg.ReadTimeout <= 0:
 		return errors.New("--read-timeout must be positive: without it a slow client holds a connection for ever")
 	case cfg.IdleTimeout < 0:
 		return errors.New("--idle-timeout must not be negative")
 	case cfg.MaxConns <= 0:
 		return errors.New("--max-conns must be positive")
+	}
+	for _, o := range cfg.CORSOrigins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("--cors-origins: %q is not an origin: want scheme://host[:port]", o)
+		}
 	}
 	return nil
 }
@@ -149,7 +153,7 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("command: %w", err)
 	}
-	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), gauges: NewBufferGauges(reg), log: log}
+	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log}
 	s.decoders.New = func() any { return &decoder{maxDepth: cfg.MaxJSONDepth} }
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
 	if s.limiter != nil {
@@ -191,6 +195,18 @@ func (s *Service) now() time.Time {
 }
 
 func (s *Service) routes(gatherer prometheus.Gatherer) {
+	if len(s.cfg.CORSOrigins) > 0 {
+		// Web players post cross-origin with a bearer token, so every
+		// request is preflighted; MaxAge lets the browser keep the answer,
+		// which a page close's keepalive request then needs no round trip for.
+		s.app.Use(cors.New(cors.Config{
+			AllowOrigins:  strings.Join(s.cfg.CORSOrigins, ","),
+			AllowMethods:  "POST,DELETE",
+			AllowHeaders:  "Authorization,Content-Type",
+			ExposeHeaders: "Retry-After",
+			MaxAge:        600,
+		}))
+	}
 	s.app.Post("/v1/progress", s.timed("/v1/progress", s.postProgress))
 	s.app.Post("/v1/progress/batch", s.timed("/v1/progress/batch", s.postBatch))
 	s.app.Delete("/v1/progress/:video_id", s.timed("/v1/progress/{video_id}", s.deleteProgress))
@@ -455,12 +471,6 @@ func queryMillis(c *fiber.Ctx, name string, errs *[]keepwatch.FieldError) int64 
 		return 0
 	}
 	return n
-}
-
-// Run samples the buffer's gauges until ctx is done.
-func (s *Service) Run(ctx context.Context) error {
-	s.gauges.Run(ctx, s.buf, s.cfg.StatsInterval, s.log)
-	return nil
 }
 
 // Drain turns readiness off, so load balancers stop sending traffic.

@@ -76,7 +76,7 @@ func TestPostThenQuery(t *testing.T) {
 		for i := range done {
 			done[i] = i
 		}
-		if err := e.buf.Release(ctx, c, done); err != nil {
+		if err := e.buf.Release(ctx, c, done, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,11 +4,9 @@
 package proc
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keepwatch/keepwatch/internal/redisserver"
 )
 
 // Process is a child process started by a benchmark.
@@ -116,16 +116,6 @@ func (p *Process) Stop(grace time.Duration) error {
 	return nil
 }
 
-// FreeAddr returns a 127.0.0.1:port address that was free a moment ago.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // WaitHTTP polls url until it answers 200, the process exits or limit passes.
 func WaitHTTP(ctx context.Context, p *Process, url string, limit time.Duration) error {
 	c := &http.Client{Timeout: time.Second}
@@ -162,77 +152,29 @@ func WaitHTTP(ctx context.Context, p *Process, url string, limit time.Duration) 
 
 // Redis is a redis-server child started for one benchmark target.
 type Redis struct {
-	*Process
-	Addr string
+	srv *redisserver.Server
 }
 
 // URL is the redis:// URL of the server.
-func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
+func (r *Redis) URL() string { return r.srv.URL() }
 
-// StartRedis starts redis-server on a free port with persistence off (the
-// benchmark measures keepwatch, not the disk), pinned to core (-1: free).
-func StartRedis(ctx context.Context, name, dir string, core int) (*Redis, error) {
-	path, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("redis-server is not on PATH (Debian: apt-get install redis-server): %w", err)
-	}
-	addr, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	rdir := filepath.Join(dir, name)
-	if err := os.MkdirAll(rdir, 0o755); err != nil {
-		return nil, fmt.Errorf("create redis dir: %w", err)
-	}
-	p, err := Start(Spec{Name: name, Path: path, Core: core, LogDir: dir, Args: []string{
-		"--port", port, "--bind", "127.0.0.1", "--dir", rdir, "--save", "", "--appendonly", "no",
-		"--protected-mode", "no",
-	}})
-	if err != nil {
-		return nil, err
-	}
-	r := &Redis{Process: p, Addr: addr}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if err := ping(addr); err == nil {
-			return r, nil
-		} else if time.Now().After(deadline) {
-			_ = p.Stop(time.Second)
-			return nil, fmt.Errorf("redis-server on %s: no PONG after 10s: %w", addr, err)
-		}
-		if exited, _ := p.Exited(); exited {
-			return nil, fmt.Errorf("redis-server on %s exited at start (see %s.log)", addr, name)
-		}
-		select {
-		case <-ctx.Done():
-			_ = p.Stop(time.Second)
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
+// PID is the redis-server's process id, for ReadUsage.
+func (r *Redis) PID() int { return r.srv.PID }
 
-// ping sends an inline PING; the benchmark needs no client library for it.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+// Stop stops the server, killing it after grace.
+func (r *Redis) Stop(grace time.Duration) error { return r.srv.Stop(grace) }
+
+// StartRedis starts redis-server on a free port, pinned to core (-1: free),
+// with aof as its persistence: "no" (none: the benchmark measures keepwatch,
+// not the disk), "everysec" or "always" (an append-only file in dir/name
+// fsynced every second or on every write, as production runs it). "" is "no".
+func StartRedis(ctx context.Context, name, dir string, core int, aof string) (*Redis, error) {
+	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, name), AppendFsync: aof, Core: core,
+		LogFile: filepath.Join(dir, name+".log")})
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 16)
-	n, err := c.Read(buf)
-	if err != nil {
-		return err
-	}
-	if !bytes.HasPrefix(buf[:n], []byte("+PONG")) {
-		return fmt.Errorf("answer %q", buf[:n])
-	}
-	return nil
+	return &Redis{srv: srv}, nil
 }
 
 // Usage is a process' cumulative CPU time and current resident memory.

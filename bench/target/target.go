@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keepwatch/keepwatch/bench/proc"
+	"github.com/keepwatch/keepwatch/internal/freeport"
 )
 
 // Kind names a server under test.
@@ -37,18 +38,59 @@ const (
 	NaiveMongo Kind = "naive-mongo"
 )
 
-// ParseKinds splits a comma-separated list of kinds.
+// A kind may carry options after a colon, so that one run can compare
+// variants side by side: "keepwatch:aof=always" (the Redis persistence of
+// this target: no, everysec or always) and "naive-redis:pool=64" (the naive
+// server's Redis connection pool).
+
+// Base is the kind without its options.
+func (k Kind) Base() Kind {
+	b, _, _ := strings.Cut(string(k), ":")
+	return Kind(b)
+}
+
+// Option returns the value of one option of k ("" when not given).
+func (k Kind) Option(name string) string {
+	_, opts, _ := strings.Cut(string(k), ":")
+	for _, o := range strings.Split(opts, ",") {
+		if v, ok := strings.CutPrefix(o, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// ParseKinds splits a comma-separated list of kinds. Options go after a
+// colon and are separated by "+": "keepwatch:aof=always",
+// "naive-redis:pool=64+aof=no".
 func ParseKinds(s string) ([]Kind, error) {
 	var out []Kind
 	for _, f := range strings.Split(s, ",") {
-		k := Kind(strings.TrimSpace(f))
-		switch k {
-		case Bare, Keepwatch, KeepwatchDev, NaiveRedis, NaiveMongo:
-			out = append(out, k)
-		case "":
-		default:
-			return nil, fmt.Errorf("unknown target %q (want bare, keepwatch, keepwatch-dev, naive-redis, naive-mongo)", k)
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
 		}
+		base, opts, _ := strings.Cut(f, ":")
+		k := Kind(base)
+		if opts != "" {
+			k = Kind(base + ":" + strings.ReplaceAll(opts, "+", ","))
+		}
+		switch k.Base() {
+		case Bare, Keepwatch, KeepwatchDev, NaiveRedis, NaiveMongo:
+		default:
+			return nil, fmt.Errorf("unknown target %q (want bare, keepwatch, keepwatch-dev, naive-redis, naive-mongo)", base)
+		}
+		for _, o := range strings.Split(strings.ReplaceAll(opts, "+", ","), ",") {
+			name, v, _ := strings.Cut(o, "=")
+			switch {
+			case o == "":
+			case name == "aof" && (v == "no" || v == "everysec" || v == "always"):
+			case name == "pool" && k.Base() == NaiveRedis && v != "" && strings.Trim(v, "0123456789") == "":
+			default:
+				return nil, fmt.Errorf("target %q: unknown option %q (aof=no|everysec|always; pool=N for naive-redis)", f, o)
+			}
+		}
+		out = append(out, k)
 	}
 	return out, nil
 }
@@ -77,6 +119,9 @@ type Config struct {
 	// Query starts `keepwatch query` beside `keepwatch command` (it needs a
 	// MongoDB: MongoURI).
 	Query bool
+	// RedisAOF is the persistence of the targets' redis-servers unless a
+	// target's own aof option says otherwise: "no", "everysec" or "always".
+	RedisAOF string
 }
 
 // Running is a launched target.
@@ -90,7 +135,15 @@ type Running struct {
 	RedisURL string
 	// Servers are the processes whose CPU and memory the report shows.
 	Servers []*proc.Process
-	procs   []*proc.Process // everything started, in start order
+	// Redis is the target's redis-server, whose CPU the report shows per
+	// request (nil when it has none).
+	Redis *proc.Redis
+	procs []stopper // everything started, in start order
+}
+
+// stopper is a started process: a server or its redis-server.
+type stopper interface {
+	Stop(grace time.Duration) error
 }
 
 // Stop stops every process, newest first, and returns the first error.
@@ -113,21 +166,26 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 			r = nil
 		}
 	}()
-	dir := filepath.Join(c.Dir, string(kind))
+	dir := filepath.Join(c.Dir, strings.NewReplacer(":", "_", ",", "_", "=", "-").Replace(string(kind)))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	startRedis := func() error {
-		rd, err := proc.StartRedis(ctx, "redis", dir, c.RedisCore)
+		aof := kind.Option("aof")
+		if aof == "" {
+			aof = c.RedisAOF
+		}
+		rd, err := proc.StartRedis(ctx, "redis", dir, c.RedisCore, aof)
 		if err != nil {
 			return err
 		}
-		r.procs = append(r.procs, rd.Process)
+		r.procs = append(r.procs, rd)
+		r.Redis = rd
 		r.RedisURL = rd.URL()
 		return nil
 	}
 	server := func(name, path string, args, env []string) (string, error) {
-		addr, err := proc.FreeAddr()
+		addr, err := freeport.Addr()
 		if err != nil {
 			return "", err
 		}
@@ -148,7 +206,7 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 		}
 		return url, nil
 	}
-	switch kind {
+	switch kind.Base() {
 	case Bare:
 		r.CommandURL, err = server("bare", c.Self, []string{"serve", "--kind", "bare"}, nil)
 		return r, err
@@ -156,8 +214,11 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 		if err := startRedis(); err != nil {
 			return r, err
 		}
-		r.CommandURL, err = server("naive-redis", c.Self, []string{"serve", "--kind", "naive-redis",
-			"--redis-url", r.RedisURL, "--auth-secret", c.Secret}, nil)
+		args := []string{"serve", "--kind", "naive-redis", "--redis-url", r.RedisURL, "--auth-secret", c.Secret}
+		if pool := kind.Option("pool"); pool != "" {
+			args = append(args, "--redis-pool-size", pool)
+		}
+		r.CommandURL, err = server("naive-redis", c.Self, args, nil)
 		r.QueryURL = r.CommandURL
 		return r, err
 	case NaiveMongo:
@@ -195,11 +256,11 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 // would inherit the one core and starve the API (measured: at 3,000 req/s
 // pinned to one core, flush never finished and the schedule fell behind).
 func launchDev(ctx context.Context, r *Running, c Config, dir string) error {
-	caddr, err := proc.FreeAddr()
+	caddr, err := freeport.Addr()
 	if err != nil {
 		return err
 	}
-	qaddr, err := proc.FreeAddr()
+	qaddr, err := freeport.Addr()
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/oklog/run"
@@ -25,6 +26,7 @@ type commandConfig struct {
 	shutdownGrace  time.Duration
 	drainDelay     time.Duration
 	flushOn        bool
+	corsOrigins    string
 	api            command.Config
 	redis          redisConfig
 	mongo          mongoConfig
@@ -42,6 +44,8 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
 	fs.BoolVar(&c.flushOn, "flush", true, "run the flusher in this process (needs MongoDB)")
+	fs.StringVar(&c.corsOrigins, "cors-origins", "",
+		"browser origins allowed to call the API, comma-separated (https://app.example.com); empty: CORS off")
 	fs.IntVar(&c.api.BodyLimit, "body-limit", d.BodyLimit, "largest request body in bytes (413 above)")
 	fs.DurationVar(&c.api.ReadTimeout, "read-timeout", d.ReadTimeout, "longest a client may take to send one request; slower ones are disconnected")
 	fs.DurationVar(&c.api.IdleTimeout, "idle-timeout", d.IdleTimeout, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
@@ -91,6 +95,11 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	apiCfg.HighWater = cfg.redis.highWater
 	apiCfg.AdminToken = cfg.adminToken
 	apiCfg.OpenAPI = api.OpenAPI
+	for o := range strings.SplitSeq(cfg.corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			apiCfg.CORSOrigins = append(apiCfg.CORSOrigins, o)
+		}
+	}
 	if err := apiCfg.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -101,6 +110,7 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(verifier.Collectors("command")...)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
 	svc, err := command.New(apiCfg, buf, verifier, reg, reg, log)
 	if err != nil {
 		_ = client.Close()
@@ -135,9 +145,6 @@ func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, 
 	log.Info("listening", "addr", ln.Addr().String(), "flush", cfg.flushOn, "shards", buf.Shards(), "high_water", cfg.redis.highWater)
 
 	addHTTP(&g, svc, ln, cfg.drainDelay, cfg.shutdownGrace, log, func() { _ = client.Close() })
-	// Buffer gauges.
-	sctx, scancel := context.WithCancel(context.Background())
-	g.Add(func() error { return svc.Run(sctx) }, func(error) { scancel() })
 	addSignal(&g, ctx, log)
 	return &g, nil
 }

@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -15,7 +17,6 @@ import (
 	"github.com/oklog/run"
 
 	"github.com/keepwatch/keepwatch/internal/auth"
-	"github.com/keepwatch/keepwatch/internal/devenv"
 	"github.com/keepwatch/keepwatch/internal/ferret"
 )
 
@@ -28,6 +29,7 @@ type devConfig struct {
 	user          string
 	tokenTTL      time.Duration
 	flushInterval time.Duration
+	demoAddr      string
 }
 
 func (c *devConfig) register(fs *flag.FlagSet) {
@@ -38,6 +40,7 @@ func (c *devConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.user, "user", "dev", "user of the printed development token")
 	fs.DurationVar(&c.tokenTTL, "token-ttl", 30*24*time.Hour, "how long the printed development token is valid")
 	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two drains of the buffer to MongoDB (an entry waits about this long)")
+	fs.StringVar(&c.demoAddr, "demo-addr", "localhost:8083", "address of the player SDK demo page (empty: none); the page holds the development token, so keep it on loopback")
 }
 
 // runDev runs the command API with its flusher and the query API in one
@@ -68,17 +71,17 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	}
 	secret := cfg.authSecret
 	if secret == "" {
-		s, created, err := devenv.LoadOrCreateSecret(cfg.dataDir)
+		s, created, err := loadOrCreateSecret(cfg.dataDir)
 		if err != nil {
 			return err
 		}
 		secret = s
 		if created {
-			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devenv.SecretFile))
+			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devSecretFile))
 		}
 	}
 
-	rds, err := devenv.StartRedis(ctx, filepath.Join(cfg.dataDir, "redis"), log)
+	rds, err := startDevRedis(ctx, filepath.Join(cfg.dataDir, "redis"))
 	if err != nil {
 		return fmt.Errorf("start redis: %w", err)
 	}
@@ -101,6 +104,12 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	}
 	defer fdb.Stop()
 
+	demo, err := listenDemo(cfg.demoAddr)
+	if err != nil {
+		return err
+	}
+	defer demo.Close()
+
 	// The services are configured through their own flags, by name, so dev
 	// gets every default of `keepwatch command` and `keepwatch query`.
 	common := map[string]string{
@@ -110,6 +119,8 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 		"migrate":     "true",
 		// Ctrl-C should not take long on a laptop.
 		"shutdown-grace": "5s",
+		// The demo page calls both APIs from its own origin.
+		"cors-origins": demo.Origins(),
 	}
 	var cc commandConfig
 	if err := setFlags("command", cc.register, common, map[string]string{
@@ -145,7 +156,13 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 		_ = queryGroup.Run()
 		return err
 	}
-	printBanner(env, cfg, rds, mongoDir, fdb.Addr(), tok)
+	if err := demo.Serve(queryGroup, demoPage{CommandURL: httpURL(cfg.commandAddr), QueryURL: httpURL(cfg.queryAddr), Token: tok, User: cfg.user}); err != nil {
+		cancel(err)
+		_ = cmdGroup.Run()
+		_ = queryGroup.Run()
+		return err
+	}
+	printBanner(env, cfg, rds, mongoDir, fdb.Addr(), tok, demo.URL())
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -198,12 +215,16 @@ func httpURL(addr string) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-func printBanner(env *environment, cfg devConfig, rds *devenv.Redis, mongoDir, mongoAddr, tok string) {
+func printBanner(env *environment, cfg devConfig, rds *devRedis, mongoDir, mongoAddr, tok, demoURL string) {
 	cmdURL, queryURL := httpURL(cfg.commandAddr), httpURL(cfg.queryAddr)
 	w := env.stdout
+	demo := ""
+	if demoURL != "" {
+		demo = "\n  demo page    " + demoURL + "   a video tracked by the player SDK (sdk/js) and the keep-watching row it feeds"
+	}
 	fmt.Fprintf(w, `
 keepwatch dev is running. Data: %s (survives restarts). Ctrl-C stops everything.
-
+%s
   command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}
   query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}
   flusher      in-process, every %s
@@ -221,6 +242,6 @@ Post progress, then read keep-watching (shows at once, before the flush):
 
   curl -s %s/v1/keep-watching -H 'Authorization: Bearer %s'
 
-`, cfg.dataDir, cmdURL, queryURL, cfg.flushInterval, rds.Describe, mongoAddr, mongoDir, cmdURL,
+`, cfg.dataDir, demo, cmdURL, queryURL, cfg.flushInterval, rds.Describe, mongoAddr, mongoDir, cmdURL,
 		strconv.Quote(cfg.user), cfg.tokenTTL, tok, cmdURL, tok, queryURL, tok)
 }

@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -43,7 +45,8 @@ func startDev(t *testing.T, dataDir string, extra ...string) *devRun {
 		cmdURL: "http://" + cmdAddr, queryURL: "http://" + queryAddr}
 	env := &environment{stdout: r.out, stderr: r.out, getenv: func(string) string { return "" },
 		logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	args := append([]string{"dev", "--data-dir", dataDir, "--command-addr", cmdAddr, "--query-addr", queryAddr}, extra...)
+	demoAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	args := append([]string{"dev", "--data-dir", dataDir, "--command-addr", cmdAddr, "--query-addr", queryAddr, "--demo-addr", demoAddr}, extra...)
 	go func() { r.code <- Main(ctx, env, args) }()
 	t.Cleanup(func() { r.stop() })
 	for _, u := range []string{r.cmdURL, r.queryURL} {

@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/command/flush"
 	"github.com/keepwatch/keepwatch/storage/mongo"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
@@ -37,13 +36,13 @@ func (c *flushConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Batch, "flush-batch", d.Batch, "most entries claimed and written at once")
 	fs.IntVar(&c.Parallelism, "flush-parallelism", d.Parallelism, "shards flushed at once")
 	fs.DurationVar(&c.Lease, "flush-lease", d.Lease,
-		"how long a claimed batch is hidden from other flushers (a crashed flusher's batch comes back after it)")
+		"how long a claimed batch is hidden from other flushers unless renewed; renewed every third while it is written, so a killed flusher's batch comes back within about this long")
 	fs.IntVar(&c.chunk, "flush-chunk", mongo.DefaultWriteChunk,
 		"statements per MongoDB bulk write (FerretDB hangs on ~100)")
 	fs.IntVar(&c.MaxRetries, "flush-max-retries", d.MaxRetries, "retries of a failing batch within one claim")
 	fs.DurationVar(&c.MaxBackoff, "flush-max-backoff", d.MaxBackoff, "longest wait between two retries")
 	fs.IntVar(&c.DeadLetterAfter, "flush-dead-letter-after", d.DeadLetterAfter,
-		"failed attempts after which a batch goes to dead letters (MongoDB being unreachable never counts)")
+		"failed attempts after which a batch goes to dead letters: writes MongoDB refused, and claims whose flusher died (MongoDB being unreachable never counts)")
 }
 
 // startFlusher builds the flusher of a process; the caller runs it with Run
@@ -107,7 +106,7 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "flush"}, Help: "1 when the service is ready to work."})
-	gauges := command.NewBufferGauges(reg)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
 
 	var stopping atomic.Bool
 	mux := http.NewServeMux()
@@ -164,9 +163,6 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	})
-	// Buffer gauges: pending entries and the age of the oldest (flush lag).
-	gctx, gcancel := context.WithCancel(context.Background())
-	g.Add(func() error { gauges.Run(gctx, buf, min(cfg.flush.Interval, 5*time.Second), log); return nil }, func(error) { gcancel() })
 	addSignal(&g, ctx, log)
 	return g.Run()
 }

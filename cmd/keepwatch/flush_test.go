@@ -123,6 +123,15 @@ func TestCommandFlushesToMongo(t *testing.T) {
 	if w := metric(t, base, "keepwatch_flush_written_total"); w < float64(len(want)) {
 		t.Fatalf("keepwatch_flush_written_total = %v, want at least %d\n%s", w, len(want), out)
 	}
+	// The buffer's backlog, read from Redis at the scrape: drained.
+	testenv.Eventually(t, time.Minute, "the backlog gauge to show the drained buffer", func() bool {
+		return metric(t, base, "keepwatch_buffer_pending_entries") == 0
+	})
+	for _, name := range []string{"keepwatch_flush_lease_renewals_total", "keepwatch_flush_claims_lost_total"} {
+		if v := metric(t, base, name); v != 0 {
+			t.Fatalf("%s = %v, want 0 (batches this small finish within a third of a lease)", name, v)
+		}
+	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit code %d\n%s", code, out)
@@ -160,6 +169,12 @@ func TestFlushSubcommandCoalesces(t *testing.T) {
 		done, out := startMain(t, fctx, "flush", "--http-addr", flushAddr, "--redis-url", r.URL(),
 			"--mongo-uri", m.URI, "--mongo-db", m.Database, "--flush-interval", "1h")
 		waitStatus(t, "http://"+flushAddr+"/readyz", http.StatusOK)
+		if c == 0 {
+			// The flush process exports the backlog it drains.
+			if p := metric(t, "http://"+flushAddr, "keepwatch_buffer_pending_entries"); p > float64(len(want)) {
+				t.Fatalf("keepwatch_buffer_pending_entries = %v with %d keys posted", p, len(want))
+			}
+		}
 		waitMongo(t, m.DB(), want)
 		// The counter moves right after the write MongoDB just showed.
 		var w float64
@@ -222,11 +237,11 @@ func TestReplayCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	bobX := keepwatch.Progress{UserID: "bob", VideoID: "x", State: keepwatch.State{EventTime: 7, Percent: 70, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}}
-	id, err := store.AddDeadLetter(ctx, mongo.DeadLetter{Entries: []mongo.DeadEntry{{Progress: bobX, Error: "E11000"}}, Error: "E11000", Attempts: 1})
+	id, err := store.AddDeadLetter(ctx, keepwatch.DeadLetter{Entries: []keepwatch.DeadEntry{{Progress: bobX, Error: "E11000"}}, Error: "E11000", Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := store.AddDeadLetter(ctx, mongo.DeadLetter{Entries: []mongo.DeadEntry{{Progress: bobX}}, Error: "to discard", Attempts: 1})
+	other, err := store.AddDeadLetter(ctx, keepwatch.DeadLetter{Entries: []keepwatch.DeadEntry{{Progress: bobX}}, Error: "to discard", Attempts: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"testing"
@@ -123,6 +124,16 @@ func (e *env) stored() map[string]keepwatch.State {
 	return testenv.ProgressStates(e.t, e.store.Database())
 }
 
+// converged reports whether MongoDB holds exactly the newest state of every
+// key applied.
+func (e *env) converged() bool {
+	e.t.Helper()
+	got := e.stored()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Equal(got, e.want)
+}
+
 // checkConverged fails unless MongoDB holds exactly the newest state of every
 // key applied.
 func (e *env) checkConverged() {
@@ -156,6 +167,8 @@ func newFlusher(t testing.TB, buf flush.Buffer, store flush.Store, cfg flush.Con
 	return f, reg
 }
 
+// counter reads an unlabelled counter or gauge, or the sample count of an
+// unlabelled histogram.
 func counter(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -165,8 +178,11 @@ func counter(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			m := mf.GetMetric()[0]
-			if m.GetCounter() != nil {
+			switch {
+			case m.GetCounter() != nil:
 				return m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
 			}
 			return m.GetGauge().GetValue()
 		}
@@ -340,7 +356,7 @@ func TestRefusedDocumentDeadLetteredAlone(t *testing.T) {
 
 	// An old batch (an earlier state of bob/x and of user-0/video-0) is
 	// replayed after newer progress was written: nothing rolls back.
-	old := mongo.DeadLetter{Error: "old", Entries: []mongo.DeadEntry{
+	old := keepwatch.DeadLetter{Error: "old", Entries: []keepwatch.DeadEntry{
 		{Progress: keepwatch.Progress{UserID: "bob", VideoID: "x", State: keepwatch.State{EventTime: 4, Percent: 99}}},
 		{Progress: keepwatch.Progress{UserID: "user-0", VideoID: "video-0", State: keepwatch.State{EventTime: 99, Percent: 99}}},
 	}}
@@ -366,13 +382,16 @@ type refusingStore struct {
 	unavailable bool
 }
 
-func (s refusingStore) WriteProgress(ctx context.Context, ps []keepwatch.Progress) (mongo.WriteResult, error) {
+func (s refusingStore) WriteProgress(ctx context.Context, ps []keepwatch.Progress) (keepwatch.WriteResult, error) {
 	if s.unavailable {
-		return mongo.WriteResult{}, fmt.Errorf("write progress: %w", keepwatch.ErrUnavailable)
+		return keepwatch.WriteResult{}, fmt.Errorf("write progress: %w", keepwatch.ErrUnavailable)
 	}
-	return mongo.WriteResult{}, errors.New("write progress: command refused")
+	return keepwatch.WriteResult{}, errors.New("write progress: command refused")
 }
 
+// TestBatchFailingPastTheBoundIsDeadLettered: a batch the server refuses is
+// dead-lettered after DeadLetterAfter failed attempts counted across
+// flushers, while an outage, however long, counts none.
 func TestBatchFailingPastTheBoundIsDeadLettered(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, nil, mongo.Options{})
@@ -390,12 +409,16 @@ func TestBatchFailingPastTheBoundIsDeadLettered(t *testing.T) {
 		t.Fatalf("%d dead letters and %d pending after an outage; want 0 and 4", n, e.pending())
 	}
 
-	f, reg := newFlusher(t, e.buf, refusingStore{Store: e.store}, cfg)
-	// Two attempts per claim: after three claims the entries reach 5.
+	// Two attempts per claim: after three claims the entries reach 5. Each
+	// claim is made by a new flusher, as after a restart: the count lives
+	// with the entries in the buffer, not in a flusher's memory.
+	var reg *prometheus.Registry
 	for i := range 3 {
+		f, r := newFlusher(t, e.buf, refusingStore{Store: e.store}, cfg)
 		if _, err := f.FlushOnce(ctx); err == nil {
 			t.Fatalf("flush %d of a refused batch succeeded", i)
 		}
+		reg = r
 	}
 	dls, err := e.store.DeadLetters(ctx, 0)
 	if err != nil {
@@ -437,16 +460,10 @@ func TestRunStopsAfterCurrentBatch(t *testing.T) {
 	e.checkConverged()
 }
 
-// waitFor polls cond until it holds; the test's own deadline bounds it.
+// waitFor polls cond until it holds, for at most two minutes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 2*time.Minute, what, cond)
 }
 
 // TestConcurrentFlushersConverge runs three flushers at once while events

@@ -5,22 +5,21 @@ import (
 	"fmt"
 
 	"github.com/keepwatch/keepwatch"
-	"github.com/keepwatch/keepwatch/storage/mongo"
 )
 
 // DeadLetterStore is what replaying needs of the dead-letter store and
 // MongoDB.
 type DeadLetterStore interface {
 	// DeadLetters lists up to limit dead letters (0: all), oldest first.
-	DeadLetters(ctx context.Context, limit int) ([]mongo.DeadLetterSummary, error)
+	DeadLetters(ctx context.Context, limit int) ([]keepwatch.DeadLetterSummary, error)
 	// DeadLetter returns one with its entries; ENOTFOUND when there is none.
-	DeadLetter(ctx context.Context, id string) (mongo.DeadLetter, error)
+	DeadLetter(ctx context.Context, id string) (keepwatch.DeadLetter, error)
 	// DeleteDeadLetter removes one; ENOTFOUND when there is none.
 	DeleteDeadLetter(ctx context.Context, id string) error
 	// ReplaceDeadLetterEntries keeps only the entries that still fail.
-	ReplaceDeadLetterEntries(ctx context.Context, id string, entries []mongo.DeadEntry, errMsg string) error
+	ReplaceDeadLetterEntries(ctx context.Context, id string, entries []keepwatch.DeadEntry, errMsg string) error
 	// WriteProgress applies states newest-wins (see Store).
-	WriteProgress(ctx context.Context, entries []keepwatch.Progress) (mongo.WriteResult, error)
+	WriteProgress(ctx context.Context, entries []keepwatch.Progress) (keepwatch.WriteResult, error)
 }
 
 // Replayer retries dead letters through the same conditional upserts as the
@@ -97,8 +96,8 @@ func (r *Replayer) RetryAll(ctx context.Context, progress Progress) (ReplayResul
 	return res, nil
 }
 
-func (r *Replayer) retry(ctx context.Context, dl mongo.DeadLetter, res *ReplayResult, done, total int, progress Progress) error {
-	var still []mongo.DeadEntry
+func (r *Replayer) retry(ctx context.Context, dl keepwatch.DeadLetter, res *ReplayResult, done, total int, progress Progress) error {
+	var still []keepwatch.DeadEntry
 	for start := 0; start < len(dl.Entries); start += r.chunk {
 		part := dl.Entries[start:min(start+r.chunk, len(dl.Entries))]
 		ps := make([]keepwatch.Progress, len(part))

@@ -6,15 +6,13 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keepwatch/keepwatch/internal/freeport"
+	"github.com/keepwatch/keepwatch/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -23,9 +21,7 @@ type Redis struct {
 	t    testing.TB
 	Port int
 	Addr string
-	dir  string
-	cmd  *exec.Cmd
-	args []string
+	srv  *redisserver.Server
 }
 
 // URL is the redis:// URL of the server.
@@ -34,93 +30,48 @@ func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func redisServerPath(t testing.TB) string {
-	t.Helper()
-	p, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server is not on PATH: install it (Debian: apt-get install redis-server); .ci/run does")
+		t.Fatal(err)
 	}
 	return p
 }
 
 // StartRedis starts a redis-server on a free port, with AOF off and no RDB
 // snapshots, and stops it when the test ends. Extra arguments are passed to
-// redis-server as "--name value" pairs.
+// redis-server as "--name value" pairs. It fails the test, naming the fix,
+// when redis-server is not installed.
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
-	port := FreePort(t)
-	dir := t.TempDir()
-	r := &Redis{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: dir}
-	r.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
-		"--save", "", "--appendonly", "no", "--protected-mode", "no"}, extra...)
-	r.Start()
+	srv, err := redisserver.Start(context.Background(), redisserver.Options{Dir: t.TempDir(), Core: -1, Args: extra})
+	if err != nil {
+		t.Fatalf("testenv: %v (.ci/run installs redis-server)", err)
+	}
+	r := &Redis{t: t, Port: srv.Port, Addr: srv.Addr, srv: srv}
 	t.Cleanup(r.Stop)
 	return r
 }
 
-// Start (re)starts the server on its port; it returns once the server answers PING.
+// Start restarts the server on its port after Stop; it returns once the
+// server answers PING. It is a no-op while the server runs.
 func (r *Redis) Start() {
 	r.t.Helper()
-	if r.cmd != nil {
+	if !r.srv.Exited() {
 		return
 	}
-	cmd := exec.Command(redisServerPath(r.t), r.args...)
-	cmd.Stdout, cmd.Stderr = nil, nil
-	logf, err := os.Create(filepath.Join(r.dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
-	if err == nil {
-		cmd.Stdout, cmd.Stderr = logf, logf
-	}
-	if err := cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	r.cmd = cmd
-	if err := waitPing(r.Addr, 10*time.Second); err != nil {
-		r.Stop()
-		r.t.Fatalf("redis-server on %s: %v", r.Addr, err)
+	if err := r.srv.Restart(context.Background()); err != nil {
+		r.t.Fatalf("testenv: %v", err)
 	}
 }
 
 // Stop kills the server (it is a test server: no shutdown save).
-func (r *Redis) Stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
+func (r *Redis) Stop() { r.srv.Kill() }
 
 // Client returns a client for the server, closed when the test ends.
 func (r *Redis) Client() *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr})
 	r.t.Cleanup(func() { _ = c.Close() })
 	return c
-}
-
-func waitPing(addr string, limit time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(limit)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no PING answer after %s: %w", limit, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // RedisCluster is a 3-master Redis Cluster of redis-server children.
@@ -151,13 +102,14 @@ func (c *RedisCluster) URL() string {
 }
 
 // StartRedisCluster starts three cluster-enabled masters and joins them with
-// redis-cli --cluster create. It skips the test, saying why, only when this
-// redis-server has no cluster mode or redis-cli is missing.
+// redis-cli --cluster create. Without redis-cli or a redis-server built with
+// cluster mode it fails the test, naming the fix: the cluster contract is
+// part of what the tests prove, and a skip would hide that it did not run.
 func StartRedisCluster(t testing.TB) *RedisCluster {
 	t.Helper()
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
-		t.Skip("redis-cli is not on PATH, and it is what joins the three nodes into a cluster: install Debian's redis-tools (.ci/run installs redis-server, which brings it)")
+		t.Fatal("redis-cli is not on PATH, and it is what joins the three nodes into a cluster: install Debian's redis-tools (.ci/run does)")
 	}
 	c := &RedisCluster{}
 	for i := 0; i < 3; i++ {
@@ -171,7 +123,7 @@ func StartRedisCluster(t testing.TB) *RedisCluster {
 	out, err := exec.Command(cli, args...).CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "cluster support disabled") || strings.Contains(string(out), "unknown command") {
-			t.Skipf("this redis-server was built without cluster mode, so the cluster contract suite cannot run here: %s", out)
+			t.Fatalf("this redis-server was built without cluster mode, so the cluster contract suite cannot run: use Debian's redis-server (.ci/run installs it): %s", out)
 		}
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}

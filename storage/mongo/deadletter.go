@@ -13,29 +13,6 @@ import (
 	"github.com/keepwatch/keepwatch"
 )
 
-// DeadLetter is a batch of progress entries the flusher could not write: the
-// documents the server rejected for good, or a batch that kept failing past
-// the bound. Operators list, inspect, replay or discard them
-// (`keepwatch replay`).
-type DeadLetter struct {
-	// ID is assigned by AddDeadLetter (24 hex digits, ordered by creation).
-	ID      string
-	Entries []DeadEntry
-	// Error is the (first) reason of the failure.
-	Error string
-	// Attempts counts the writes tried: the flusher's, then every replay.
-	Attempts     int
-	FirstFailure time.Time
-	LastFailure  time.Time
-}
-
-// DeadEntry is one entry of a dead letter with its own error, when the
-// server gave one.
-type DeadEntry struct {
-	keepwatch.Progress
-	Error string
-}
-
 // deadLetterDoc is a dead letter as stored.
 type deadLetterDoc struct {
 	ID           bson.ObjectID  `bson:"_id,omitempty"`
@@ -54,14 +31,14 @@ type deadEntryDoc struct {
 	Error string   `bson:"error,omitempty"`
 }
 
-func (d deadLetterDoc) deadLetter() DeadLetter {
-	dl := DeadLetter{
+func (d deadLetterDoc) deadLetter() keepwatch.DeadLetter {
+	dl := keepwatch.DeadLetter{
 		ID: d.ID.Hex(), Error: d.Error, Attempts: d.Attempts,
 		FirstFailure: d.FirstFailure, LastFailure: d.LastFailure,
-		Entries: make([]DeadEntry, len(d.Entries)),
+		Entries: make([]keepwatch.DeadEntry, len(d.Entries)),
 	}
 	for i, e := range d.Entries {
-		dl.Entries[i] = DeadEntry{
+		dl.Entries[i] = keepwatch.DeadEntry{
 			Progress: keepwatch.Progress{UserID: e.U, VideoID: e.V, State: e.S.state()},
 			Error:    e.Error,
 		}
@@ -72,7 +49,7 @@ func (d deadLetterDoc) deadLetter() DeadLetter {
 // AddDeadLetter stores a dead letter and returns its ID. Zero times are set
 // to now. The error wraps keepwatch.ErrUnavailable when MongoDB is
 // unreachable: the caller must then keep the entries where they are.
-func (s *Store) AddDeadLetter(ctx context.Context, dl DeadLetter) (string, error) {
+func (s *Store) AddDeadLetter(ctx context.Context, dl keepwatch.DeadLetter) (string, error) {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	if dl.FirstFailure.IsZero() {
 		dl.FirstFailure = now
@@ -98,19 +75,9 @@ func (s *Store) AddDeadLetter(ctx context.Context, dl DeadLetter) (string, error
 	return doc.ID.Hex(), nil
 }
 
-// DeadLetterSummary is a dead letter without its entries, for listings.
-type DeadLetterSummary struct {
-	ID           string
-	Count        int
-	Error        string
-	Attempts     int
-	FirstFailure time.Time
-	LastFailure  time.Time
-}
-
 // DeadLetters lists up to limit dead letters (0: all), oldest first, without
 // their entries.
-func (s *Store) DeadLetters(ctx context.Context, limit int) ([]DeadLetterSummary, error) {
+func (s *Store) DeadLetters(ctx context.Context, limit int) ([]keepwatch.DeadLetterSummary, error) {
 	opts := options.Find().
 		SetSort(bson.D{{Key: "first_failure", Value: 1}, {Key: "_id", Value: 1}}).
 		SetProjection(bson.D{{Key: "entries", Value: 0}})
@@ -125,9 +92,9 @@ func (s *Store) DeadLetters(ctx context.Context, limit int) ([]DeadLetterSummary
 	if err := cur.All(ctx, &docs); err != nil {
 		return nil, opError("list dead letters", err)
 	}
-	out := make([]DeadLetterSummary, len(docs))
+	out := make([]keepwatch.DeadLetterSummary, len(docs))
 	for i, d := range docs {
-		out[i] = DeadLetterSummary{ID: d.ID.Hex(), Count: d.Count, Error: d.Error, Attempts: d.Attempts,
+		out[i] = keepwatch.DeadLetterSummary{ID: d.ID.Hex(), Count: d.Count, Error: d.Error, Attempts: d.Attempts,
 			FirstFailure: d.FirstFailure, LastFailure: d.LastFailure}
 	}
 	return out, nil
@@ -144,18 +111,18 @@ func (s *Store) CountDeadLetters(ctx context.Context) (int64, error) {
 
 // DeadLetter returns one dead letter with its entries. An unknown or
 // malformed id gives a *keepwatch.Error with code ENOTFOUND.
-func (s *Store) DeadLetter(ctx context.Context, id string) (DeadLetter, error) {
+func (s *Store) DeadLetter(ctx context.Context, id string) (keepwatch.DeadLetter, error) {
 	oid, err := bson.ObjectIDFromHex(id)
 	if err != nil {
-		return DeadLetter{}, keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)
+		return keepwatch.DeadLetter{}, keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)
 	}
 	var d deadLetterDoc
 	err = s.db.Collection(DeadLetterCollection).FindOne(ctx, bson.D{{Key: "_id", Value: oid}}).Decode(&d)
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return DeadLetter{}, keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)
+		return keepwatch.DeadLetter{}, keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)
 	}
 	if err != nil {
-		return DeadLetter{}, opError("read dead letter "+id, err)
+		return keepwatch.DeadLetter{}, opError("read dead letter "+id, err)
 	}
 	return d.deadLetter(), nil
 }
@@ -179,7 +146,7 @@ func (s *Store) DeleteDeadLetter(ctx context.Context, id string) error {
 // ReplaceDeadLetterEntries records a failed replay: the entries that still
 // fail (the others were written) with their errors, the error, one more
 // attempt and the time.
-func (s *Store) ReplaceDeadLetterEntries(ctx context.Context, id string, entries []DeadEntry, errMsg string) error {
+func (s *Store) ReplaceDeadLetterEntries(ctx context.Context, id string, entries []keepwatch.DeadEntry, errMsg string) error {
 	oid, err := bson.ObjectIDFromHex(id)
 	if err != nil {
 		return keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)

@@ -19,29 +19,6 @@ import (
 // PostgreSQL backend); 40 stays clear of that and costs MongoDB little.
 const DefaultWriteChunk = 40
 
-// WriteResult counts the outcome of WriteProgress.
-type WriteResult struct {
-	// Written is how many documents were inserted or changed.
-	Written int
-	// Stale is how many were skipped because MongoDB already held the same
-	// or a newer state.
-	Stale int
-	// Failed lists the documents the server rejected for good (validation,
-	// too large, a unique index other than _id). Retrying them unchanged
-	// fails again; they belong in the dead-letter store.
-	Failed []DocError
-}
-
-// DocError is a permanent failure of one document of a WriteProgress call.
-type DocError struct {
-	// Index is the position of the document in the slice given to
-	// WriteProgress.
-	Index int
-	Err   error
-}
-
-func (e DocError) Error() string { return fmt.Sprintf("document %d: %v", e.Index, e.Err) }
-
 // WriteProgress applies each state to its progress document, keeping the
 // newest: one conditional upsert per entry,
 //
@@ -62,8 +39,8 @@ func (e DocError) Error() string { return fmt.Sprintf("document %d: %v", e.Index
 // part of the call may have been applied, and retrying the whole call is safe.
 // Other errors (the server refusing the whole command) are returned as they
 // are.
-func (s *Store) WriteProgress(ctx context.Context, entries []keepwatch.Progress) (WriteResult, error) {
-	var res WriteResult
+func (s *Store) WriteProgress(ctx context.Context, entries []keepwatch.Progress) (keepwatch.WriteResult, error) {
+	var res keepwatch.WriteResult
 	coll := s.db.Collection(ProgressCollection)
 	models := make([]mongo.WriteModel, 0, min(len(entries), s.chunk))
 	for start := 0; start < len(entries); start += s.chunk {
@@ -105,7 +82,7 @@ func (s *Store) WriteProgress(ctx context.Context, entries []keepwatch.Progress)
 				return res, unavailable("write progress", err)
 			default:
 				failed++
-				res.Failed = append(res.Failed, DocError{Index: start + i, Err: err})
+				res.Failed = append(res.Failed, keepwatch.DocError{Index: start + i, Err: err})
 			}
 		}
 		written = min(written, len(chunk)-failed)

@@ -11,17 +11,21 @@
 //	kw:{kwNN}:u:<user>  HASH  video → encoded state   the user's pending entries
 //	kw:{kwNN}:q         ZSET  "<user>/<video>" → ms   when the entry may be claimed
 //	kw:{kwNN}:a         ZSET  "<user>/<video>" → ms   since when it is pending
+//	kw:{kwNN}:c         HASH  "<user>/<video>" → token          the claim holding it
+//	kw:{kwNN}:n         HASH  "<user>/<video>" → "count:ms"     failed attempts, since
 //
-// A flusher claims due members by pushing their q score to a lease deadline,
-// writes them, then releases exactly the values it wrote. A flusher that dies
-// leaves its lease to expire and the members become due again.
+// A flusher claims due members by pushing their q score to a lease deadline
+// and marking them with its claim's token, renews the lease while it writes
+// them, then releases exactly the values it wrote. A flusher that dies leaves
+// its lease to expire and the members become due again; the attempt it made
+// stays counted in n, so a batch that keeps killing its flushers still ends in
+// a dead letter.
 package redisbuf
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +60,8 @@ type Buffer struct {
 	tags       []string // "kw:{kwNN}:" per shard
 	queueKeys  []string
 	ageKeys    []string
+	claimKeys  []string
+	failKeys   []string
 	cluster    bool      // c may spread shards over servers: one script call per shard
 	scratch    sync.Pool // *applyScratch
 }
@@ -91,6 +97,8 @@ func New(c redis.UniversalClient, o Options) (*Buffer, error) {
 		b.tags = append(b.tags, tag)
 		b.queueKeys = append(b.queueKeys, tag+"q")
 		b.ageKeys = append(b.ageKeys, ageKeyOf(i))
+		b.claimKeys = append(b.claimKeys, tag+"c")
+		b.failKeys = append(b.failKeys, tag+"n")
 	}
 	// A *redis.Client talks to one server (or a failover set), where a
 	// script may touch every shard; any other client may spread keys over
@@ -380,109 +388,6 @@ func (sc *applyScratch) reset() {
 	clear(sc.calls)
 	sc.touched, sc.calls = sc.touched[:0], sc.calls[:0]
 	sc.keys, sc.packed, sc.writes = sc.keys[:0], sc.packed[:0], sc.writes[:0]
-}
-
-// Claim is a leased batch of one shard's pending entries.
-type Claim struct {
-	Shard int
-	// LeaseUntil is the lease deadline in ms since the epoch (with a random
-	// fraction that tells this claim from one made in the same millisecond).
-	LeaseUntil float64
-	Entries    []keepwatch.Progress
-	members    []string
-	raw        []string // the values as read; "" when none was pending
-}
-
-// Claim leases up to max due entries of a shard for lease. Entries is empty
-// when nothing is due.
-func (b *Buffer) Claim(ctx context.Context, shard, max int, lease time.Duration) (*Claim, error) {
-	if shard < 0 || shard >= b.shards {
-		return nil, fmt.Errorf("claim: shard %d out of range", shard)
-	}
-	now := b.now()
-	deadline := float64(now.Add(lease).UnixMilli()) + float64(1+rand.IntN(4094))/4096
-	c := &Claim{Shard: shard, LeaseUntil: deadline}
-	members, err := claimScript.Run(ctx, b.c, []string{b.queueKey(shard)},
-		now.UnixMilli(), strconv.FormatFloat(deadline, 'f', -1, 64), max).StringSlice()
-	if err != nil {
-		return nil, unavailable("claim", err)
-	}
-	if len(members) == 0 {
-		return c, nil
-	}
-	// Values are read after the claim: a value written in between is newer
-	// than the one that was due, so writing it is right, and Release compares
-	// against exactly what was read here.
-	pipe := b.c.Pipeline()
-	gets := make([]*redis.StringCmd, len(members))
-	for i, m := range members {
-		user, video, ok := keepwatch.SplitID(m)
-		if !ok {
-			return nil, fmt.Errorf("claim: malformed member %q in shard %d", m, shard)
-		}
-		gets[i] = pipe.HGet(ctx, b.userKey(shard, user), video)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, unavailable("claim: read values", err)
-	}
-	for i, m := range members {
-		user, video, _ := keepwatch.SplitID(m)
-		v, err := gets[i].Result()
-		if errors.Is(err, redis.Nil) {
-			// Released by another flusher after its own claim on the
-			// same entry expired; Release cleans the index up.
-			c.members = append(c.members, m)
-			c.raw = append(c.raw, "")
-			continue
-		}
-		if err != nil {
-			return nil, unavailable("claim: read value", err)
-		}
-		st, err := keepwatch.DecodeState(v)
-		if err != nil {
-			return nil, fmt.Errorf("claim: shard %d member %q: %w", shard, m, err)
-		}
-		c.Entries = append(c.Entries, keepwatch.Progress{UserID: user, VideoID: video, State: st})
-		c.members = append(c.members, m)
-		c.raw = append(c.raw, v)
-	}
-	return c, nil
-}
-
-// Release ends a claim. done holds indexes of c.Entries that were handled
-// (written, found stale, or dead-lettered); each is removed only if its value
-// is still the claimed one, so a newer value written meanwhile stays pending.
-// Every other entry of the claim becomes due again at once.
-func (b *Buffer) Release(ctx context.Context, c *Claim, done []int) error {
-	if len(c.members) == 0 {
-		return nil
-	}
-	isDone := make([]bool, len(c.Entries))
-	for _, i := range done {
-		if i < 0 || i >= len(c.Entries) {
-			return fmt.Errorf("release: index %d out of range (%d entries)", i, len(c.Entries))
-		}
-		isDone[i] = true
-	}
-	keys := []string{b.queueKey(c.Shard), b.ageKey(c.Shard)}
-	args := []any{b.now().UnixMilli(), strconv.FormatFloat(c.LeaseUntil, 'f', -1, 64)}
-	e := 0
-	for i, m := range c.members {
-		user, video, _ := keepwatch.SplitID(m)
-		keys = append(keys, b.userKey(c.Shard, user))
-		flag := "0"
-		if c.raw[i] != "" {
-			if isDone[e] {
-				flag = "1"
-			}
-			e++
-		}
-		args = append(args, video, m, c.raw[i], flag)
-	}
-	if err := releaseScript.Run(ctx, b.c, keys, args...).Err(); err != nil {
-		return unavailable("release", err)
-	}
-	return nil
 }
 
 // Stats is a cheap snapshot of the buffer.

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,7 +121,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		}
 		// "a" gets a newer value while the claim is being written.
 		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2000, 20)})
-		if err := b.Release(ctx, cl, []int{0, 1}); err != nil {
+		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
 			t.Fatal(err)
 		}
 		got := pendingMap(t, b, u)
@@ -135,7 +136,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if len(next.Entries) != 1 || next.Entries[0].State != st(2000, 20) {
 			t.Fatalf("next claim = %+v, want a@2000", next.Entries)
 		}
-		if err := b.Release(ctx, next, nil); err != nil { // not handled: stays pending, due again
+		if err := b.Release(ctx, next, nil, 0); err != nil { // not handled: stays pending, due again
 			t.Fatal(err)
 		}
 		last, err := b.Claim(ctx, shard, 100, time.Minute)
@@ -145,7 +146,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if len(last.Entries) != 1 {
 			t.Fatalf("an unhandled entry must be due again, got %d", len(last.Entries))
 		}
-		if err := b.Release(ctx, last, []int{0}); err != nil {
+		if err := b.Release(ctx, last, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got := pendingMap(t, b, u); len(got) != 0 {
@@ -174,18 +175,251 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		// The dead flusher comes back late and releases nothing it did not
 		// write: its undone release must not make the entry visible under
 		// the live claim.
-		if err := b.Release(ctx, dead, nil); err != nil {
+		if err := b.Release(ctx, dead, nil, 0); err != nil {
 			t.Fatal(err)
 		}
 		if again, _ := b.Claim(ctx, b.ShardOf(u), 10, time.Minute); len(again.Entries) != 0 {
 			t.Fatalf("entry leaked out of a live claim: %+v", again.Entries)
 		}
-		if err := b.Release(ctx, cl, []int{0}); err != nil {
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got := pendingMap(t, b, u); len(got) != 0 {
 			t.Fatalf("pending = %+v", got)
 		}
+	})
+	// drained fails unless Redis holds no key, on every master of a
+	// cluster: releasing every entry must leave nothing behind.
+	drained := func(t *testing.T) {
+		t.Helper()
+		var n int64
+		count := func(ctx context.Context, c *redis.Client) error {
+			k, err := c.DBSize(ctx).Result()
+			n += k
+			return err
+		}
+		var err error
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			var mu sync.Mutex
+			err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return count(ctx, m)
+			})
+		} else {
+			err = count(ctx, c.(*redis.Client))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Fatalf("%d keys left in a drained buffer", n)
+		}
+	}
+	// clocked is a buffer whose clock is *now.
+	clocked := func(t *testing.T, shards int, now *time.Time) *redisbuf.Buffer {
+		t.Helper()
+		return newBuffer(t, c, redisbuf.Options{Shards: shards, Now: func() time.Time { return *now }})
+	}
+	t.Run("a renewed claim keeps its entries past its first lease, and loses them once it lapses", func(t *testing.T) {
+		reset(t)
+		now := time.Now()
+		b := clocked(t, 2, &now)
+		u := fmt.Sprintf("user-%d", rand.Int())
+		shard := b.ShardOf(u)
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		first, err := b.Claim(ctx, shard, 10, time.Second)
+		if err != nil || len(first.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", first, err)
+		}
+		now = now.Add(800 * time.Millisecond)
+		if n, err := b.Renew(ctx, first, time.Second); err != nil || n != 2 {
+			t.Fatalf("renew within the lease = %d, %v; want 2", n, err)
+		}
+		now = now.Add(500 * time.Millisecond) // past the first deadline, within the renewed one
+		if other, err := b.Claim(ctx, shard, 10, time.Second); err != nil || len(other.Entries) != 0 {
+			t.Fatalf("a renewed claim's entries were claimed again: %+v, %v", other, err)
+		}
+		// The lease lapses unrenewed, but nobody claimed the entries: they
+		// are still the first claim's, and a late renewal says so.
+		now = now.Add(time.Second)
+		if n, err := b.Renew(ctx, first, time.Second); err != nil || n != 2 {
+			t.Fatalf("late renewal of an untaken claim = %d, %v; want 2", n, err)
+		}
+		now = now.Add(2 * time.Second)
+		second, err := b.Claim(ctx, shard, 10, time.Minute)
+		if err != nil || len(second.Entries) != 2 || second.Token == first.Token {
+			t.Fatalf("claim after the lease lapsed = %+v, %v", second, err)
+		}
+		// The first claim is lost: renewing it renews nothing, and its
+		// release (nothing done) leaves the second claim's entries hidden.
+		if n, err := b.Renew(ctx, first, time.Minute); err != nil || n != 0 {
+			t.Fatalf("renewal of a lost claim = %d, %v; want 0", n, err)
+		}
+		if err := b.Release(ctx, first, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := b.Claim(ctx, shard, 10, time.Minute); err != nil || len(again.Entries) != 0 {
+			t.Fatalf("entries leaked out of a live claim: %+v, %v", again, err)
+		}
+		if n, err := b.Renew(ctx, second, time.Minute); err != nil || n != 2 {
+			t.Fatalf("renewal of the live claim = %d, %v; want 2", n, err)
+		}
+		// The lost claim's flusher wrote "a" after all and releases it
+		// done: the value is removed (it is written), and the live claim
+		// now renews only "b".
+		if err := b.Release(ctx, first, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := b.Renew(ctx, second, time.Minute); err != nil || n != 1 {
+			t.Fatalf("renewal after another flusher released an entry = %d, %v; want 1", n, err)
+		}
+		if err := b.Release(ctx, second, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending = %+v", got)
+		}
+		drained(t)
+	})
+	t.Run("a lapsed claim is taken over from its lease end, and nothing pending from before", func(t *testing.T) {
+		reset(t)
+		t0 := time.Now().Truncate(time.Millisecond)
+		now := t0
+		b := clocked(t, 1, &now)
+		apply(t, b, "u1", redisbuf.Entry{VideoID: "a", State: st(1, 1)}, redisbuf.Entry{VideoID: "b", State: st(1, 1)})
+		held, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(held.Entries) != 2 || !held.NextLeaseEnd.IsZero() {
+			t.Fatalf("claim = %+v, %v; want a and b, and no other lease", held, err)
+		}
+		now = t0.Add(500 * time.Millisecond)
+		apply(t, b, "u2", redisbuf.Entry{VideoID: "fresh", State: st(1, 1)})
+		// A regular claim takes the fresh entry and sees when the other
+		// claim's lease ends; it hands the entry back unwritten.
+		other, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(other.Entries) != 1 || !other.NextLeaseEnd.Equal(t0.Add(time.Second)) {
+			t.Fatalf("claim = %+v, %v; want the fresh entry and the lease end %s", other, err, t0.Add(time.Second))
+		}
+		if err := b.Release(ctx, other, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		end := other.NextLeaseEnd
+		// Renewed in time, the lease has not lapsed: nothing to take over,
+		// and the new end is the one to wait for.
+		now = t0.Add(800 * time.Millisecond)
+		if n, err := b.Renew(ctx, held, time.Second); err != nil || n != 2 {
+			t.Fatalf("renew = %d, %v", n, err)
+		}
+		now = end.Add(10 * time.Millisecond)
+		none, err := b.ClaimLapsed(ctx, 0, 10, time.Second, end)
+		if err != nil || len(none.Entries) != 0 || !none.NextLeaseEnd.Equal(t0.Add(1800*time.Millisecond)) {
+			t.Fatalf("take-over of a renewed claim = %+v, %v; want nothing and the lease end %s", none, err, t0.Add(1800*time.Millisecond))
+		}
+		// Its flusher dies: from the new end on, its batch is taken over,
+		// and the fresh entry pending since before stays for a drain.
+		end = none.NextLeaseEnd
+		now = end.Add(10 * time.Millisecond)
+		took, err := b.ClaimLapsed(ctx, 0, 10, time.Second, end)
+		if err != nil || len(took.Entries) != 2 || took.Entries[0].UserID != "u1" || took.Entries[1].UserID != "u1" {
+			t.Fatalf("take-over of a lapsed claim = %+v, %v; want u1's a and b", took, err)
+		}
+		if took.Failures[0].Count != 1 {
+			t.Fatalf("failures of a dead flusher's entry = %+v, want one", took.Failures[0])
+		}
+		if n, err := b.Renew(ctx, held, time.Second); err != nil || n != 0 {
+			t.Fatalf("renewal of the taken-over claim = %d, %v; want 0", n, err)
+		}
+		if err := b.Release(ctx, took, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		rest, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(rest.Entries) != 1 || rest.Entries[0].VideoID != "fresh" {
+			t.Fatalf("drain after the take-over = %+v, %v; want the fresh entry", rest, err)
+		}
+		if err := b.Release(ctx, rest, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		drained(t)
+	})
+	t.Run("failed attempts are counted with the entry across claims", func(t *testing.T) {
+		reset(t)
+		start := time.Now().Truncate(time.Millisecond)
+		now := start
+		b := clocked(t, 2, &now)
+		u := fmt.Sprintf("user-%d", rand.Int())
+		shard := b.ShardOf(u)
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)})
+		claim := func(want int) *keepwatch.Claim {
+			t.Helper()
+			cl, err := b.Claim(ctx, shard, 10, time.Second)
+			if err != nil || len(cl.Entries) != 1 {
+				t.Fatalf("claim = %+v, %v", cl, err)
+			}
+			f := cl.Failures[0]
+			if f.Count != want || (want > 0 && !f.Since.Equal(start)) || (want == 0 && !f.Since.IsZero()) {
+				t.Fatalf("failures = %+v, want %d since %s", f, want, start)
+			}
+			return cl
+		}
+		cl := claim(0)
+		now = now.Add(time.Millisecond)
+		if err := b.Release(ctx, cl, nil, 3); err != nil { // refused three times
+			t.Fatal(err)
+		}
+		claim(3)
+		// Its flusher dies: the claim counts as one more once it lapses.
+		now = now.Add(2 * time.Second)
+		cl = claim(4)
+		// MongoDB unreachable: the claim takes its count back.
+		if err := b.Release(ctx, cl, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		cl = claim(4)
+		// Written while a newer value arrived: the newer one starts afresh.
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(2000, 20)})
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		start = now
+		cl = claim(0)
+		if cl.Entries[0].State != st(2000, 20) {
+			t.Fatalf("claimed %+v, want the newer value", cl.Entries[0])
+		}
+		if err := b.Release(ctx, cl, nil, 1); err != nil {
+			t.Fatal(err)
+		}
+		cl = claim(1)
+		if err := b.Release(ctx, cl, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		drained(t)
+	})
+	t.Run("a lapsed claim released late, while another claim holds its entries, leaves nothing behind", func(t *testing.T) {
+		reset(t)
+		now := time.Now()
+		b := clocked(t, 1, &now)
+		u := fmt.Sprintf("user-%d", rand.Int())
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: st(1000, 10)}, redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		old, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(old.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", old, err)
+		}
+		now = now.Add(2 * time.Second)
+		// A new claim takes both over; then the old claim's flusher, which
+		// wrote "a" after all, releases it as done: it is removed, and the
+		// new claim's release of it (its own write found it stale) and of
+		// "b" ends with nothing left.
+		cl, err := b.Claim(ctx, 0, 10, time.Second)
+		if err != nil || len(cl.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", cl, err)
+		}
+		if err := b.Release(ctx, old, []int{0}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		drained(t)
 	})
 	t.Run("one apply over many shards answers each write for itself", func(t *testing.T) {
 		reset(t)
@@ -269,7 +503,7 @@ func contract(t *testing.T, c redis.UniversalClient) {
 		if err != nil || len(cl.Entries) != 1 {
 			t.Fatalf("claim = %+v, %v", cl, err)
 		}
-		if err := four.Release(ctx, cl, []int{0}); err != nil {
+		if err := four.Release(ctx, cl, []int{0}, 0); err != nil {
 			t.Fatal(err)
 		}
 		if err := eight.CheckShards(ctx); err != nil {

@@ -143,60 +143,129 @@ end
 return out
 `)
 
-// claimScript hides up to ARGV[3] due members of the shard for a lease.
+// claimScript hides up to ARGV[3] due members of the shard for a lease and
+// marks them with the claim's token.
 //
-// KEYS[1] = q. ARGV[1] = now (ms), ARGV[2] = lease deadline (ms), ARGV[3] = max.
-// Returns the claimed members. A member stays claimed (invisible) until its
-// deadline; a flusher that dies simply lets the deadline pass.
+// KEYS[1] = q, KEYS[2] = c (member → claim token), KEYS[3] = n (member →
+// "count:ms", failed attempts and when the first began). ARGV[1] = now (ms),
+// ARGV[2] = lease deadline (ms), ARGV[3] = max, ARGV[4] = the claim's token,
+// ARGV[5] = the lowest due time claimed ("-inf": every due member).
+// Returns first the soonest lease deadline of the other claims of the shard
+// ("" when none): scores in the future are lease deadlines, since entries are
+// due from the moment they are written. Then, per claimed member, three
+// values: the member, its failed attempts before this claim, and when the
+// first of them began (ms; now when none).
+//
+// A member stays claimed (invisible) until its deadline; a flusher that dies
+// simply lets the deadline pass. The claim is counted as a failed attempt
+// right away, because a flusher that dies cannot count it: Release takes the
+// count back when the write succeeds or was never tried.
 var claimScript = redis.NewScript(`
-local ms = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local q, c, n = KEYS[1], KEYS[2], KEYS[3]
+local now, deadline, token = ARGV[1], ARGV[2], ARGV[4]
+local out = {''}
+local soonest = redis.call('ZRANGEBYSCORE', q, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if soonest[2] then out[1] = soonest[2] end
+local ms = redis.call('ZRANGEBYSCORE', q, ARGV[5], now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, m in ipairs(ms) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], m)
+  redis.call('ZADD', q, 'XX', deadline, m)
+  redis.call('HSET', c, m, token)
+  local count, since = 0, now
+  local v = redis.call('HGET', n, m)
+  if v then
+    local p = string.find(v, ':', 1, true)
+    count = tonumber(string.sub(v, 1, p - 1))
+    since = string.sub(v, p + 1)
+  end
+  redis.call('HSET', n, m, (count + 1) .. ':' .. since)
+  out[#out + 1] = m
+  out[#out + 1] = count
+  out[#out + 1] = since
 end
-return ms
+return out
+`)
+
+// renewScript pushes the lease of the members still under one claim.
+//
+// KEYS[1] = q, KEYS[2] = c. ARGV[1] = the new lease deadline (ms), ARGV[2] =
+// the claim's token, ARGV[3…] = the claim's members. A member is still under
+// the claim while c holds the claim's token for it: a claim made after this
+// one's lease expired took the member over, and a release removed it.
+// Returns how many members it renewed.
+var renewScript = redis.NewScript(`
+local q, c, token = KEYS[1], KEYS[2], ARGV[2]
+local renewed = 0
+for i = 3, #ARGV do
+  local m = ARGV[i]
+  if redis.call('HGET', c, m) == token and redis.call('ZSCORE', q, m) then
+    redis.call('ZADD', q, 'XX', ARGV[1], m)
+    renewed = renewed + 1
+  end
+end
+return renewed
 `)
 
 // releaseScript ends a claim.
 //
-// KEYS[1] = q, KEYS[2] = a, KEYS[2+i] = user hash of item i.
-// ARGV[1] = now (ms), ARGV[2] = the claim's lease deadline, then per item:
+// KEYS[1] = q, KEYS[2] = a, KEYS[3] = c, KEYS[4] = n, KEYS[4+i] = user hash of
+// item i. ARGV[1] = now (ms), ARGV[2] = the claim's token, ARGV[3] = the
+// change of the failure count of the items not done (failed attempts minus
+// the one counted at claim time: -1 takes that one back), then per item:
 // video, member, claimed value ("" when the claim found none), done (1/0).
-// A done item is removed only if the pending value is still the claimed one: a
-// newer value written meanwhile stays pending. Every item still pending and
-// still under this claim becomes visible again at once; an item re-claimed by
-// another flusher after this lease expired is left to that flusher.
+//
+// A done item is removed only if the pending value is still the claimed one,
+// and its failure count is cleared either way: a newer value written
+// meanwhile stays pending, with its age starting now. Every other item still
+// pending and still under this claim becomes visible again at once; an item
+// claimed again by another flusher after this lease expired is left to that
+// flusher. Removing an entry removes every trace of it (index, claim, count),
+// so nothing outlives the entries.
 // Returns the number of entries removed.
 var releaseScript = redis.NewScript(`
-local now = ARGV[1]
-local lease = tonumber(ARGV[2])
+local q, a, c, n = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, token, delta = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local removed = 0
 local item = 0
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   item = item + 1
-  local hk = KEYS[2 + item]
+  local hk = KEYS[4 + item]
   local video, m, val, done = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local cur = redis.call('HGET', hk, video)
-  if not cur then
-    -- nothing pending: drop index entries a crash may have left behind
-    redis.call('ZREM', KEYS[1], m)
-    redis.call('ZREM', KEYS[2], m)
-  elseif done == '1' and cur == val then
-    redis.call('HDEL', hk, video)
-    redis.call('ZREM', KEYS[1], m)
-    redis.call('ZREM', KEYS[2], m)
-    removed = removed + 1
-  else
-    local score = tonumber(redis.call('ZSCORE', KEYS[1], m))
-    if score == nil then
-      redis.call('ZADD', KEYS[1], now, m)
-      redis.call('ZADD', KEYS[2], 'NX', now, m)
-    elseif score == lease then
-      redis.call('ZADD', KEYS[1], 'XX', now, m)
+  if not cur or (done == '1' and cur == val) then
+    if cur then
+      redis.call('HDEL', hk, video)
+      removed = removed + 1
     end
+    redis.call('ZREM', q, m)
+    redis.call('ZREM', a, m)
+    redis.call('HDEL', c, m)
+    redis.call('HDEL', n, m)
+  else
     if done == '1' then
       -- a newer value arrived while the old one was being written: its age
-      -- starts now, not when the old value first became pending
-      redis.call('ZADD', KEYS[2], 'XX', now, m)
+      -- starts now, not when the old value first became pending, and it has
+      -- not failed yet
+      redis.call('ZADD', a, 'XX', now, m)
+      redis.call('HDEL', n, m)
+    elseif delta ~= 0 then
+      local v = redis.call('HGET', n, m)
+      if v then
+        local p = string.find(v, ':', 1, true)
+        local count = tonumber(string.sub(v, 1, p - 1)) + delta
+        if count > 0 then
+          redis.call('HSET', n, m, count .. string.sub(v, p))
+        else
+          redis.call('HDEL', n, m)
+        end
+      end
+    end
+    if redis.call('HGET', c, m) == token then
+      redis.call('HDEL', c, m)
+      redis.call('ZADD', q, 'XX', now, m)
+    elseif not redis.call('ZSCORE', q, m) then
+      -- pending but not indexed (written by a build that left it so): index it
+      redis.call('ZADD', q, now, m)
+      redis.call('ZADD', a, 'NX', now, m)
     end
   end
 end

@@ -31,7 +31,13 @@ type compareResult struct {
 	// measured run (1.0 = one full core).
 	ServerCPU float64 `json:"server_cpu_cores"`
 	ServerRSS int64   `json:"server_rss_bytes"`
-	Ratio     float64 `json:"ratio_to_bare"`
+	// ServerUS and RedisUS are the CPU time the server processes and the
+	// target's redis-server spent per request, in µs (RedisUS is 0 for a
+	// target without Redis). Redis is the one piece every command instance
+	// shares, so its cost per event bounds the whole fleet.
+	ServerUS float64 `json:"server_cpu_us_per_request"`
+	RedisUS  float64 `json:"redis_cpu_us_per_request"`
+	Ratio    float64 `json:"ratio_to_bare"`
 	// PerCore is requests/s per core of server CPU: the throughput the
 	// server would reach with its core to itself, robust when other work
 	// shares the machine.
@@ -47,6 +53,7 @@ type commonFlags struct {
 	loadCore   int
 	redisCore  int
 	mongoURI   string
+	redisAOF   string
 	dir        string
 	kwArgs     string
 	devArgs    string
@@ -59,6 +66,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.loadCore, "load-core", 1, "CPU core the load generator is pinned to (-1: not pinned)")
 	fs.IntVar(&c.redisCore, "redis-core", 1, "CPU core each redis-server is pinned to (-1: not pinned)")
 	fs.StringVar(&c.mongoURI, "mongo-uri", "", "a real MongoDB: adds the naive-mongo baseline (one upsert per request)")
+	fs.StringVar(&c.redisAOF, "redis-aof", "everysec", "persistence of every target's redis-server: no, everysec (production's recommendation) or always; a target may set its own (keepwatch:aof=always)")
 	fs.StringVar(&c.dir, "dir", "", "directory for logs, tokens and reports (default: a new temporary directory)")
 	fs.StringVar(&c.devArgs, "dev-args", "", "extra arguments of `keepwatch dev` (space-separated), e.g. --flush-interval=30s")
 	fs.StringVar(&c.kwArgs, "keepwatch-args", "--rate-limit=1000000 --rate-burst=1000000",
@@ -94,7 +102,7 @@ func (c *commonFlags) config(ctx context.Context, w io.Writer) (target.Config, e
 	return target.Config{
 		Self: self, Keepwatch: kw, Dir: c.dir, Secret: c.secret,
 		ServerCore: c.serverCore, RedisCore: c.redisCore, MongoURI: c.mongoURI,
-		KeepwatchArgs: strings.Fields(c.kwArgs), DevArgs: strings.Fields(c.devArgs),
+		KeepwatchArgs: strings.Fields(c.kwArgs), DevArgs: strings.Fields(c.devArgs), RedisAOF: c.redisAOF,
 	}, nil
 }
 
@@ -129,7 +137,7 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	threads := fs.Int("threads", 1, "wrk threads")
 	users := fs.Int("users", 10000, "distinct users (one token each) the requests rotate over")
 	videos := fs.Int("videos", 4, "videos per user")
-	targets := fs.String("targets", "bare,keepwatch,naive-redis", "targets in order, comma-separated (naive-mongo is added when --mongo-uri is set)")
+	targets := fs.String("targets", "bare,keepwatch,naive-redis", "targets in order, comma-separated (naive-mongo is added when --mongo-uri is set); options after a colon, joined by +: keepwatch:aof=always, naive-redis:pool=64")
 	jsonOut := fs.String("json", "", "also write the figures as JSON to this file")
 	rounds := fs.Int("rounds", 1, "run the targets this many times, alternating, and summarize each target's ratio to bare over the rounds (medians resist a noisy machine better than one run)")
 	profile := fs.Bool("profile", false, "take a CPU profile of keepwatch during its measured run (keepwatch.cpu.pprof in the run directory; inspect with go tool pprof -top)")
@@ -173,7 +181,7 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 				return ctx.Err()
 			}
 			var p *profiler
-			if k == target.Keepwatch && round == 1 {
+			if k.Base() == target.Keepwatch && round == 1 {
 				p = prof
 			}
 			res, err := compareOne(ctx, k, cfg, wo, *warmup, *duration, p)
@@ -181,14 +189,14 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 				return fmt.Errorf("%s: %w", k, err)
 			}
 			res.Round = round
-			fmt.Fprintf(w, "  %-12s %9.0f req/s  p50 %-9s p99 %-9s errors %d\n", k, res.Result.RPS,
-				fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors())
+			fmt.Fprintf(w, "  %-12s %9.0f req/s  p50 %-9s p99 %-9s errors %d  server %.1f µs/req  redis %.1f µs/req\n", k, res.Result.RPS,
+				fmtDur(res.Result.P50), fmtDur(res.Result.P99), res.Result.Errors(), res.ServerUS, res.RedisUS)
 			results = append(results, res)
 		}
 	}
 	setRatios(results)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "round\ttarget\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\treq/s per core\tRSS\tvs bare\tper core vs bare\t")
+	fmt.Fprintln(tw, "round\ttarget\treq/s\tp50\tp90\tp99\tmax\terrors\tserver CPU\treq/s per core\tserver µs/req\tredis µs/req\tRSS\tvs bare\tper core vs bare\t")
 	for i := range results {
 		r := &results[i]
 		ratio, pcRatio := "-", "-"
@@ -198,9 +206,13 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 		if r.PerCoreRatio > 0 {
 			pcRatio = fmt.Sprintf("%.2f×", r.PerCoreRatio)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f\t%.0f MiB\t%s\t%s\t\n", r.Round, r.Target, r.Result.RPS,
+		redisUS := "-"
+		if r.RedisUS > 0 {
+			redisUS = fmt.Sprintf("%.1f", r.RedisUS)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t%.2f\t%.0f\t%.1f\t%s\t%.0f MiB\t%s\t%s\t\n", r.Round, r.Target, r.Result.RPS,
 			fmtDur(r.Result.P50), fmtDur(r.Result.P90), fmtDur(r.Result.P99), fmtDur(r.Result.Max),
-			r.Result.Errors(), r.ServerCPU, r.PerCore, float64(r.ServerRSS)/(1<<20), ratio, pcRatio)
+			r.Result.Errors(), r.ServerCPU, r.PerCore, r.ServerUS, redisUS, float64(r.ServerRSS)/(1<<20), ratio, pcRatio)
 	}
 	fmt.Fprintln(w)
 	if err := tw.Flush(); err != nil {
@@ -210,13 +222,15 @@ func runCompare(ctx context.Context, args []string, w io.Writer) error {
 	if *rounds > 1 {
 		fmt.Fprintf(w, "\nover %d rounds (median, min–max):\n", *rounds)
 		for _, s := range summary {
-			fmt.Fprintf(w, "  %-12s %7.0f req/s (%.0f–%.0f)  vs bare %.2f× (%.2f–%.2f×)  per core vs bare %.2f× (%.2f–%.2f×)  errors %d\n",
+			fmt.Fprintf(w, "  %-12s %7.0f req/s (%.0f–%.0f)  vs bare %.2f× (%.2f–%.2f×)  per core vs bare %.2f× (%.2f–%.2f×)  server %.1f µs/req  redis %.1f µs/req  p99 %s  errors %d\n",
 				s.Target, s.RPS.Median, s.RPS.Min, s.RPS.Max, s.Ratio.Median, s.Ratio.Min, s.Ratio.Max,
-				s.PerCoreRatio.Median, s.PerCoreRatio.Min, s.PerCoreRatio.Max, s.Errors)
+				s.PerCoreRatio.Median, s.PerCoreRatio.Min, s.PerCoreRatio.Max, s.ServerUS.Median, s.RedisUS.Median,
+				fmtDur(time.Duration(s.P99.Median)), s.Errors)
 		}
 	}
 	fmt.Fprintln(w, "errors = answers other than 2xx/3xx (wrk counts status > 399) + socket errors + timeouts")
 	fmt.Fprintln(w, "server CPU = cores the server used during the run (1.00 = its core to itself; less means other work shared the core)")
+	fmt.Fprintln(w, "server/redis µs/req = CPU time the server processes / the target's redis-server spent per request answered")
 	if prof != nil {
 		fmt.Fprintf(w, "keepwatch CPU profile: %s (go tool pprof -top %s)\n", prof.path, prof.path)
 	}
@@ -288,6 +302,9 @@ type targetSummary struct {
 	RPS          spread `json:"rps"`
 	Ratio        spread `json:"ratio_to_bare"`
 	PerCoreRatio spread `json:"per_core_ratio_to_bare"`
+	ServerUS     spread `json:"server_cpu_us_per_request"`
+	RedisUS      spread `json:"redis_cpu_us_per_request"`
+	P99          spread `json:"p99_ns"`
 	Errors       int64  `json:"errors"`
 }
 
@@ -297,7 +314,7 @@ func summarize(results []compareResult, kinds []target.Kind) []targetSummary {
 		if slices.ContainsFunc(out, func(s targetSummary) bool { return s.Target == string(k) }) {
 			continue
 		}
-		var rps, ratio, pc []float64
+		var rps, ratio, pc, sus, rus, p99 []float64
 		s := targetSummary{Target: string(k)}
 		for _, r := range results {
 			if r.Target != string(k) {
@@ -308,8 +325,12 @@ func summarize(results []compareResult, kinds []target.Kind) []targetSummary {
 			rps = append(rps, r.Result.RPS)
 			ratio = append(ratio, r.Ratio)
 			pc = append(pc, r.PerCoreRatio)
+			sus = append(sus, r.ServerUS)
+			rus = append(rus, r.RedisUS)
+			p99 = append(p99, float64(r.Result.P99))
 		}
 		s.RPS, s.Ratio, s.PerCoreRatio = spreadOf(rps), spreadOf(ratio), spreadOf(pc)
+		s.ServerUS, s.RedisUS, s.P99 = spreadOf(sus), spreadOf(rus), spreadOf(p99)
 		out = append(out, s)
 	}
 	return out
@@ -333,7 +354,8 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 			return res, fmt.Errorf("warm up: %w", err)
 		}
 	}
-	before := usage(run.Servers)
+	before := usage(pids(run.Servers)...)
+	redisBefore := usage(redisOf(run)...)
 	t0 := time.Now()
 	wo.Duration = duration
 	profDone := make(chan error, 1)
@@ -350,16 +372,39 @@ func compareOne(ctx context.Context, k target.Kind, cfg target.Config, wo wrk.Op
 		}
 	}
 	elapsed := time.Since(t0)
-	after := usage(run.Servers)
-	return compareResult{Target: string(k), Result: r,
-		ServerCPU: (after.CPU - before.CPU).Seconds() / elapsed.Seconds(), ServerRSS: after.RSS}, nil
+	after := usage(pids(run.Servers)...)
+	redisAfter := usage(redisOf(run)...)
+	res = compareResult{Target: string(k), Result: r,
+		ServerCPU: (after.CPU - before.CPU).Seconds() / elapsed.Seconds(), ServerRSS: after.RSS}
+	if r.Requests > 0 {
+		res.ServerUS = float64((after.CPU - before.CPU).Microseconds()) / float64(r.Requests)
+		res.RedisUS = float64((redisAfter.CPU - redisBefore.CPU).Microseconds()) / float64(r.Requests)
+	}
+	return res, nil
+}
+
+// redisOf lists the pid of the target's redis-server, if it has one.
+func redisOf(run *target.Running) []int {
+	if run.Redis == nil {
+		return nil
+	}
+	return []int{run.Redis.PID()}
+}
+
+// pids lists the processes' ids.
+func pids(ps []*proc.Process) []int {
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.PID()
+	}
+	return out
 }
 
 // usage sums CPU and RSS over processes (missing ones count zero).
-func usage(ps []*proc.Process) proc.Usage {
+func usage(pids ...int) proc.Usage {
 	var u proc.Usage
-	for _, p := range ps {
-		if x, err := proc.ReadUsage(p.PID()); err == nil {
+	for _, pid := range pids {
+		if x, err := proc.ReadUsage(pid); err == nil {
 			u.CPU += x.CPU
 			u.RSS += x.RSS
 		}

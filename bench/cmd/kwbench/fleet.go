@@ -178,12 +178,12 @@ func launchAndMeasure(ctx context.Context, k target.Kind, cfg target.Config, w i
 		}
 	}()
 	name := string(k)
-	if k == target.Keepwatch || k == target.KeepwatchDev {
+	if b := k.Base(); b == target.Keepwatch || b == target.KeepwatchDev {
 		name = "keepwatch"
 	}
 	t := fleet.Target{Name: name, CommandURL: run.CommandURL, QueryURL: run.QueryURL, RedisURL: run.RedisURL,
 		Procs: map[string]int{}}
-	if k == target.Keepwatch || k == target.KeepwatchDev {
+	if b := k.Base(); b == target.Keepwatch || b == target.KeepwatchDev {
 		t.MetricsURLs = []string{run.CommandURL + "/metrics"}
 		if run.QueryURL != "" && run.QueryURL != run.CommandURL {
 			t.MetricsURLs = append(t.MetricsURLs, run.QueryURL+"/metrics")

@@ -134,7 +134,7 @@ func TestCompareEndToEnd(t *testing.T) {
 		t.Skip("-short: this end-to-end compare run builds keepwatch and starts three servers under wrk (~15 s); CI runs it")
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
-		t.Skip("wrk is not on PATH, so there is no load to drive: apt-get install wrk (.ci/run installs it, so CI never skips this)")
+		t.Fatal("wrk is not on PATH, so there is no load to drive: apt-get install wrk (.ci/run installs it)")
 	}
 	kw := buildKeepwatch(t)
 	dir := t.TempDir()
@@ -144,6 +144,7 @@ func TestCompareEndToEnd(t *testing.T) {
 	var out bytes.Buffer
 	err := runCompare(ctx, []string{"--keepwatch", kw, "--dir", dir, "--duration", "1s", "--warmup", "0s",
 		"--connections", "8", "--users", "50", "--json", jsonPath, "--rounds", "2",
+		"--targets", "bare,keepwatch:aof=always,naive-redis:pool=16",
 		"--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
 	t.Log(out.String())
 	if err != nil {
@@ -171,6 +172,11 @@ func TestCompareEndToEnd(t *testing.T) {
 		if r.Target == "bare" {
 			bare[r.Round] = r.Result.RPS
 		}
+		// Every server spends CPU on each request; only the targets with a
+		// Redis show Redis CPU.
+		if r.ServerUS <= 0 || (r.RedisUS > 0) == (r.Target == "bare") {
+			t.Errorf("%s: %.2f µs of server CPU and %.2f µs of Redis CPU per request", r.Target, r.ServerUS, r.RedisUS)
+		}
 	}
 	// Each ratio is to the bare run of its own round.
 	for _, r := range got.Results {
@@ -186,7 +192,25 @@ func TestCompareEndToEnd(t *testing.T) {
 			t.Errorf("summary %+v", s)
 		}
 	}
-	if !strings.Contains(out.String(), "over 2 rounds") {
-		t.Errorf("no summary printed:\n%s", out.String())
+	for _, want := range []string{"over 2 rounds", "keepwatch:aof=always", "naive-redis:pool=16", "redis µs/req"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%q not printed:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestParseKindsWithOptions(t *testing.T) {
+	ks, err := target.ParseKinds("bare, keepwatch:aof=always,naive-redis:pool=64+aof=no")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ks) != 3 || ks[1].Base() != target.Keepwatch || ks[1].Option("aof") != "always" ||
+		ks[2].Base() != target.NaiveRedis || ks[2].Option("pool") != "64" || ks[2].Option("aof") != "no" || ks[0].Option("aof") != "" {
+		t.Fatalf("parsed %q", ks)
+	}
+	for _, bad := range []string{"keepwatch:aof=sometimes", "bare:pool=3", "naive-redis:pool=x", "nope"} {
+		if _, err := target.ParseKinds(bad); err == nil {
+			t.Errorf("ParseKinds(%q) accepted it", bad)
+		}
 	}
 }

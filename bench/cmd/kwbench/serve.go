@@ -25,6 +25,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 	mongoURI := fs.String("mongo-uri", "", "MongoDB of naive-mongo")
 	mongoDB := fs.String("mongo-db", "kwbench", "database of naive-mongo")
 	secret := fs.String("auth-secret", "", "comma-separated HS256 secrets (naive servers)")
+	pool := fs.Int("redis-pool-size", 0, "naive-redis: Redis connections (0: go-redis' default, 10 per GOMAXPROCS)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -36,6 +37,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer) error {
 		opt, err := redis.ParseURL(*redisURL)
 		if err != nil {
 			return fmt.Errorf("parse --redis-url: %w", err)
+		}
+		if *pool > 0 {
+			opt.PoolSize = *pool
 		}
 		c := redis.NewClient(opt)
 		defer c.Close()

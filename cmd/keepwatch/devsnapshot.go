@@ -1,4 +1,6 @@
-package devenv
+//go:build !nodev
+
+package main
 
 import (
 	"encoding/json"

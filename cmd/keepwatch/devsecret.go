@@ -1,4 +1,6 @@
-package devenv
+//go:build !nodev
+
+package main
 
 import (
 	"crypto/rand"
@@ -11,14 +13,14 @@ import (
 	"strings"
 )
 
-// SecretFile is the name of the development auth secret in the data directory.
-const SecretFile = "auth-secret"
+// devSecretFile is the name of the development auth secret in the data directory.
+const devSecretFile = "auth-secret"
 
-// LoadOrCreateSecret returns the development HS256 secret kept in dir,
+// loadOrCreateSecret returns the development HS256 secret kept in dir,
 // creating a random one the first time, so that tokens minted by one run are
 // still valid after a restart. created tells whether it was just made.
-func LoadOrCreateSecret(dir string) (secret string, created bool, err error) {
-	path := filepath.Join(dir, SecretFile)
+func loadOrCreateSecret(dir string) (secret string, created bool, err error) {
+	path := filepath.Join(dir, devSecretFile)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		s := strings.TrimSpace(string(b))
@@ -41,7 +43,7 @@ func LoadOrCreateSecret(dir string) (secret string, created bool, err error) {
 	// O_EXCL: two dev processes starting at once must not each write a secret.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
-		return LoadOrCreateSecret(dir)
+		return loadOrCreateSecret(dir)
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("write auth secret: %w", err)

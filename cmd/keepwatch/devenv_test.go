@@ -1,9 +1,10 @@
-package devenv
+//go:build !nodev
+
+package main
 
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -16,11 +17,11 @@ import (
 
 func TestSecretSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	s1, created, err := LoadOrCreateSecret(dir)
+	s1, created, err := loadOrCreateSecret(dir)
 	if err != nil || !created || len(s1) != 64 {
 		t.Fatalf("first: %q created=%v err=%v", s1, created, err)
 	}
-	s2, created, err := LoadOrCreateSecret(dir)
+	s2, created, err := loadOrCreateSecret(dir)
 	if err != nil || created || s2 != s1 {
 		t.Fatalf("second: %q created=%v err=%v, want %q", s2, created, err, s1)
 	}
@@ -67,8 +68,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 		t.Fatal("redis-server is not on PATH: install it (Debian: apt-get install redis-server); .ci/run does")
 	}
 	dir := t.TempDir()
-	log := slog.New(slog.DiscardHandler)
-	r, err := StartRedis(context.Background(), dir, log)
+	r, err := startDevRedis(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestRedisServerChildKeepsDataAcrossRestart(t *testing.T) {
 	if err := syscall.Kill(r.PID, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Fatalf("redis-server pid %d still exists after Stop (kill 0: %v)", r.PID, err)
 	}
-	r, err = StartRedis(context.Background(), dir, log)
+	r, err = startDevRedis(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}

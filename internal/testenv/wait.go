@@ -1,0 +1,122 @@
+package testenv
+
+import (
+	"net/http"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Eventually polls cond every few milliseconds until it holds, and fails the
+// test naming what it waited for when timeout passes first. Tests wait on a
+// condition a user could check (an answer, a metric, a stored value), never on
+// a fixed sleep.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Proc is a child process owned by one test: its output is kept for the
+// failure message, and it gets SIGTERM (and is waited for) when the test ends.
+type Proc struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	Logs   *Output
+	exited chan error
+	err    error
+	done   bool
+}
+
+// StartProc starts cmd, collecting its stdout and stderr.
+func StartProc(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{t: t, cmd: cmd, Logs: &Output{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.Logs, p.Logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() { p.Stop() })
+	return p
+}
+
+// Exited reports whether the process has ended, and its error.
+func (p *Proc) Exited() (bool, error) {
+	if p.done {
+		return true, p.err
+	}
+	select {
+	case p.err = <-p.exited:
+		p.done = true
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Wait waits for the process to end by itself, at most timeout.
+func (p *Proc) Wait(timeout time.Duration) error {
+	p.t.Helper()
+	if p.done {
+		return p.err
+	}
+	select {
+	case p.err = <-p.exited:
+		p.done = true
+		return p.err
+	case <-time.After(timeout):
+		p.t.Fatalf("%s still running after %s:\n%s", p.cmd.Path, timeout, p.Logs)
+		return nil
+	}
+}
+
+// Stop sends SIGTERM and waits for the exit (SIGKILL after 30 s).
+func (p *Proc) Stop() error {
+	if p.done {
+		return p.err
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case p.err = <-p.exited:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		p.err = <-p.exited
+	}
+	p.done = true
+	return p.err
+}
+
+// WaitHTTP waits until GET url answers want, failing the test with the
+// process' output if it exits first or timeout passes.
+func (p *Proc) WaitHTTP(url string, want int, timeout time.Duration) {
+	p.t.Helper()
+	c := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		if exited, err := p.Exited(); exited {
+			p.t.Fatalf("%s exited (%v) before GET %s answered %d:\n%s", p.cmd.Path, err, url, want, p.Logs)
+		}
+		last := "no answer"
+		resp, err := c.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == want {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("GET %s did not answer %d within %s (last: %s):\n%s", url, want, timeout, last, p.Logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
