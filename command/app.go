@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,7 +23,6 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/cors"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/internal/problem"
@@ -50,12 +50,16 @@ type Verifier interface {
 type Config struct {
 	BodyLimit      int
 	BatchMaxEvents int
-	MaxEventAge    time.Duration
-	RateLimit      float64 // events per second per user; 0 disables
-	RateBurst      int
-	RateUsers      int // users the limiter tracks at most
-	Commit         CommitConfig
-	HighWater      int64 // for the metric; the buffer enforces it
+	// MaxJSONDepth bounds how deep objects and arrays nest in a body. JSON
+	// libraries stop at different depths (Python at about 1,000, fastjson at
+	// 300), so a body nested deeper means nothing to some of them.
+	MaxJSONDepth int
+	MaxEventAge  time.Duration
+	RateLimit    float64 // events per second per user; 0 disables
+	RateBurst    int
+	RateUsers    int // users the limiter tracks at most
+	Commit       CommitConfig
+	HighWater    int64 // for the metric; the buffer enforces it
 	// ReadTimeout bounds the reading of one request, IdleTimeout the wait of
 	// a keep-alive connection for its next one (0: ReadTimeout). There is no
 	// write timeout: every answer fits in the socket buffer, and a deadline
@@ -71,10 +75,14 @@ type Config struct {
 	CORSOrigins []string
 }
 
+// MaxJSONDepth is the largest Config.MaxJSONDepth: fastjson, which reads the
+// bodies, counts every value of a path and stops past 300.
+const MaxJSONDepth = 256
+
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
+		BodyLimit: 64 << 10, BatchMaxEvents: 100, MaxJSONDepth: 32, MaxEventAge: 7 * 24 * time.Hour,
 		RateLimit: 1, RateBurst: 20, RateUsers: 1_000_000,
 		Commit:      CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 		ReadTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
@@ -90,10 +98,11 @@ type Service struct {
 	auth    Verifier
 	limiter *rateLimiter
 	commit  *committer
-	parsers fastjson.ParserPool
-	m       *metrics
-	log     *slog.Logger
-	ready   atomic.Bool
+	// decoders holds *decoder: the full parser's memory, reused.
+	decoders sync.Pool
+	m        *metrics
+	log      *slog.Logger
+	ready    atomic.Bool
 	// clock, when set (tests), replaces the receive time of requests.
 	clock func() time.Time
 }
@@ -105,6 +114,8 @@ func (cfg Config) Validate() error {
 		return errors.New("--body-limit must be positive")
 	case cfg.BatchMaxEvents <= 0:
 		return errors.New("--batch-max-events must be positive")
+	case cfg.MaxJSONDepth < 3 || cfg.MaxJSONDepth > MaxJSONDepth:
+		return fmt.Errorf("--max-json-depth must be from 3 (a batch's events nest 3 deep) to %d", MaxJSONDepth)
 	case cfg.MaxEventAge < 0:
 		return errors.New("--max-event-age must not be negative")
 	case cfg.RateLimit < 0 || (cfg.RateLimit > 0 && cfg.RateBurst < 1):
@@ -143,6 +154,7 @@ func New(cfg Config, buf Buffer, auth Verifier, reg prometheus.Registerer, gathe
 		return nil, fmt.Errorf("command: %w", err)
 	}
 	s := &Service{cfg: cfg, buf: buf, auth: auth, m: newMetrics(reg), log: log}
+	s.decoders.New = func() any { return &decoder{maxDepth: cfg.MaxJSONDepth} }
 	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.RateUsers)
 	if s.limiter != nil {
 		// The verifier keeps each token's bucket, so a request finds both in
@@ -342,14 +354,14 @@ func (s *Service) postProgress(c *fiber.Ctx, recv time.Time) error {
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	ev, err := decodeProgress(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
+	d := s.decoders.Get().(*decoder)
+	ev, err := d.decodeProgress(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
 	var entry keepwatch.Entry
 	if err == nil {
 		// The video id points into Fiber's reused request memory: copy it.
 		entry = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
 	}
-	s.parsers.Put(p)
+	s.decoders.Put(d)
 	if err != nil {
 		return err
 	}
@@ -376,13 +388,13 @@ func (s *Service) postBatch(c *fiber.Ctx, recv time.Time) error {
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	res, err := decodeBatch(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
+	d := s.decoders.Get().(*decoder)
+	res, err := d.decodeBatch(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
 	entries := make([]keepwatch.Entry, len(res.events))
 	for i, ev := range res.events {
 		entries[i] = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
 	}
-	s.parsers.Put(p)
+	s.decoders.Put(d)
 	if err != nil {
 		return err
 	}

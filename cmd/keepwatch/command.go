@@ -14,7 +14,6 @@ import (
 
 	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/command"
-	"github.com/keepwatch/keepwatch/internal/auth"
 )
 
 // commandConfig is every flag of `keepwatch command`.
@@ -23,6 +22,7 @@ type commandConfig struct {
 	authSecret     string
 	adminToken     string
 	tokenCacheSize int
+	tokens         tokenFlags
 	shutdownGrace  time.Duration
 	drainDelay     time.Duration
 	flushOn        bool
@@ -40,6 +40,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (rotation: all verify); required")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for /debug/pprof (empty: pprof off)")
 	fs.IntVar(&c.tokenCacheSize, "token-cache-size", 100_000, "verified tokens kept in memory (0: verify every request)")
+	c.tokens.register(fs)
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
 	fs.BoolVar(&c.flushOn, "flush", true, "run the flusher in this process (needs MongoDB)")
@@ -50,6 +51,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.api.IdleTimeout, "idle-timeout", d.IdleTimeout, "how long a keep-alive connection may wait for its next request; keep it above a load balancer's idle timeout")
 	fs.IntVar(&c.api.MaxConns, "max-conns", d.MaxConns, "most open client connections, each a goroutine with ~16 KiB of buffers; past it new connections get 503")
 	fs.IntVar(&c.api.BatchMaxEvents, "batch-max-events", d.BatchMaxEvents, "most events in one POST /v1/progress/batch")
+	fs.IntVar(&c.api.MaxJSONDepth, "max-json-depth", d.MaxJSONDepth, fmt.Sprintf("deepest nesting of objects and arrays in a body (400 deeper; from 3 to %d)", command.MaxJSONDepth))
 	fs.DurationVar(&c.api.MaxEventAge, "max-event-age", d.MaxEventAge, "largest age (sent_at - ts) an event may claim")
 	fs.Float64Var(&c.api.RateLimit, "rate-limit", d.RateLimit, "requests per second per user, sustained (0: no limit)")
 	fs.IntVar(&c.api.RateBurst, "rate-burst", d.RateBurst, "requests a user may send at once above the rate")
@@ -84,7 +86,7 @@ func runCommand(ctx context.Context, env *environment, args []string) error {
 // address fails at once.
 func newCommandGroup(ctx context.Context, env *environment, cfg *commandConfig, appName string) (*run.Group, error) {
 	log := env.logger.With("service", "command")
-	verifier, err := auth.NewVerifier(strings.Split(cfg.authSecret, ","), cfg.tokenCacheSize)
+	verifier, err := cfg.tokens.verifier(cfg.authSecret, cfg.tokenCacheSize)
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}

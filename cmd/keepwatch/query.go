@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keepwatch/keepwatch/api"
-	"github.com/keepwatch/keepwatch/internal/auth"
 	"github.com/keepwatch/keepwatch/query"
 	"github.com/keepwatch/keepwatch/storage/mongo"
 )
@@ -25,6 +24,7 @@ type queryConfig struct {
 	authSecret     string
 	adminToken     string
 	tokenCacheSize int
+	tokens         tokenFlags
 	shutdownGrace  time.Duration
 	drainDelay     time.Duration
 	threshold      float64
@@ -46,6 +46,7 @@ func (c *queryConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (rotation: all verify); required")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for /debug/pprof (empty: pprof off)")
 	fs.IntVar(&c.tokenCacheSize, "token-cache-size", 100_000, "verified tokens kept in memory (0: verify every request)")
+	c.tokens.register(fs)
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight requests get to finish on SIGTERM")
 	fs.DurationVar(&c.drainDelay, "drain-delay", 0, "time between readiness turning 503 and closing the listener on SIGTERM")
 	fs.Float64Var(&c.threshold, "finished-threshold", 95, "percent at or above which a video is finished and leaves keep-watching")
@@ -90,7 +91,7 @@ func runQuery(ctx context.Context, env *environment, args []string) error {
 // when ctx ends: readiness turns 503 first, then in-flight requests finish.
 func newQueryGroup(ctx context.Context, env *environment, cfg *queryConfig, appName string) (*run.Group, error) {
 	log := env.logger.With("service", "query")
-	verifier, err := auth.NewVerifier(strings.Split(cfg.authSecret, ","), cfg.tokenCacheSize)
+	verifier, err := cfg.tokens.verifier(cfg.authSecret, cfg.tokenCacheSize)
 	if err != nil {
 		return nil, usageError{err.Error()}
 	}

@@ -16,6 +16,9 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	user := fs.String("user", "", "user id (the token's sub); required")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	secret := fs.String("auth-secret", "", "HS256 secrets, comma-separated; the first one signs")
+	// The iss and aud the services check, from the same variables.
+	issuer := fs.String("auth-issuer", "", "the token's iss, for services run with --auth-issuer (empty: none)")
+	audience := fs.String("auth-audience", "", "the token's aud, for services run with --auth-audience (empty: none)")
 	if err := parseFlags(env, fs, args); err != nil {
 		return err
 	}
@@ -29,7 +32,7 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	if *ttl <= 0 {
 		return usageError{"--ttl must be positive"}
 	}
-	tok, err := auth.Mint(first, *user, *ttl)
+	tok, err := auth.MintFor(first, *user, *ttl, *issuer, *audience)
 	if err != nil {
 		return err
 	}
