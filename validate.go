@@ -3,6 +3,7 @@ package keepwatch
 import (
 	"math"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxVideoIDLen and MaxUserIDLen bound the identifiers, and so the memory a
@@ -42,9 +43,11 @@ var videoIDChar = func() (t [256]bool) {
 }()
 
 // ValidUserID reports whether a token subject can be used as a user id: 1–128
-// bytes with no control characters.
+// bytes of valid UTF-8 with no control characters. (Invalid UTF-8 would make
+// "inv\xff" and "inv\xfe" one user to any program that replaces bad bytes
+// with U+FFFD, as encoding/json does.)
 func ValidUserID(id string) bool {
-	if len(id) == 0 || len(id) > MaxUserIDLen {
+	if len(id) == 0 || len(id) > MaxUserIDLen || !utf8.ValidString(id) {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

@@ -1094,3 +1094,218 @@ func TestPprofNeedsTheAdminToken(t *testing.T) {
 		t.Fatalf("without --admin-token: status %d, want 404", r.status)
 	}
 }
+
+// TestRepeatedKeyIsMalformed guards the one meaning of a body: a key named
+// twice in one object, however it is spelled and wherever it is, is 400 for
+// the whole request, with a message naming the key. (First-wins here and
+// last-wins in encoding/json, browsers and Python would let a gateway
+// validate one event while keepwatch stores another.)
+func TestRepeatedKeyIsMalformed(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, path, body, key string
+	}{
+		{"percent", "/v1/progress", `{"video_id":"v","percent":10,"percent":90}`, `"percent"`},
+		{"percent escaped", "/v1/progress", `{"video_id":"v","percent":10,"perc\u0065nt":90}`, `"percent"`},
+		{"video id", "/v1/progress", `{"video_id":"v","video_id":"w","percent":1}`, `"video_id"`},
+		{"unknown", "/v1/progress", `{"video_id":"v","percent":1,"note":"a","note":"b"}`, `"note"`},
+		{"nested unknown", "/v1/progress", `{"video_id":"v","percent":1,"x":{"y":[{"z":1,"z":2}]}}`, `"z"`},
+		{"batch envelope", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1}],"events":[]}`, `"events"`},
+		{"batch event", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1},{"video_id":"b","percent":1,"percent":2}]}`, `"percent"`},
+		{"batch invalid event", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1},{"ts":-1,"ts":2}]}`, `"ts"`},
+		{"batch nested", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1,"x":{"k":1,"\u006b":2}}]}`, `"k"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			user := e.user("u")
+			nothingStored(t, e, user, func() {
+				p := e.post(user, tc.path, tc.body).problem(t, http.StatusBadRequest)
+				if p.Type != "urn:keepwatch:problem:malformed" || !strings.Contains(p.Detail, tc.key) || !strings.Contains(p.Detail, "twice") {
+					t.Errorf("type %q detail %q, want malformed naming %s", p.Type, p.Detail, tc.key)
+				}
+			})
+		})
+	}
+}
+
+// TestAmbiguousBodiesAreMalformed covers the other bodies JSON libraries
+// read differently: invalid UTF-8 and lone surrogates (replaced by some,
+// refused by others), a key in another case (encoding/json matches keys
+// ignoring case), and nesting past --max-json-depth.
+func TestAmbiguousBodiesAreMalformed(t *testing.T) {
+	e := newEnv(t, func(s *setup) { s.cfg.MaxJSONDepth = 4 })
+	for _, tc := range []struct {
+		name, path, body, says string
+	}{
+		{"invalid UTF-8", "/v1/progress", "{\"video_id\":\"v\",\"percent\":1,\"x\":\"\xff\"}", "UTF-8"},
+		{"lone surrogate", "/v1/progress", `{"video_id":"v","percent":1,"x":"\ud800"}`, "surrogate"},
+		{"case", "/v1/progress", `{"video_id":"v","percent":1,"Percent":50}`, `"Percent" differs from "percent" only in case`},
+		{"case by folding", "/v1/progress", `{"video_id":"v","percent":1,"ſent_at":5}`, `differs from "sent_at" only in case`},
+		{"case in a batch event", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1,"TS":5}]}`, `"TS" of events[0] differs from "ts"`},
+		{"case in a batch envelope", "/v1/progress/batch", `{"Sent_At":1,"events":[{"video_id":"a","percent":1}]}`, `differs from "sent_at"`},
+		{"too deep", "/v1/progress", `{"video_id":"v","percent":1,"x":[[[[1]]]]}`, "deeper than 4"},
+		{"too deep in a batch", "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1,"x":[[1]]}]}`, "deeper than 4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			user := e.user("u")
+			nothingStored(t, e, user, func() {
+				p := e.post(user, tc.path, tc.body).problem(t, http.StatusBadRequest)
+				if !strings.Contains(p.Detail, tc.says) {
+					t.Errorf("detail %q, want it to say %q", p.Detail, tc.says)
+				}
+			})
+		})
+	}
+	t.Run("at the depth limit", func(t *testing.T) {
+		user := e.user("u")
+		e.post(user, "/v1/progress", `{"video_id":"v","percent":1,"x":[[[]]]}`).accepted(t)
+		e.post(user, "/v1/progress/batch", `{"events":[{"video_id":"a","percent":1,"x":[]}]}`).accepted(t)
+	})
+}
+
+// TestNumberRulesOnTheSpelledDecimal guards the bounds against float64
+// rounding: a number is checked as the decimal the body spells, as the
+// OpenAPI document's validator reads it, and stored as encoding/json reads it.
+func TestNumberRulesOnTheSpelledDecimal(t *testing.T) {
+	e := newEnv(t)
+	recv := e.clock.millis()
+	for _, tc := range []struct {
+		name, event string
+		field       string // the invalid field; "" when accepted
+		want        keepwatch.State
+	}{
+		{"percent just over 100", `{"video_id":"v","percent":100.00000000000000001}`, "percent", keepwatch.State{}},
+		{"percent just under 100", `{"video_id":"v","percent":99.999999999999999999}`, "",
+			keepwatch.State{EventTime: recv, Percent: 100, Position: unknown, Duration: unknown}},
+		{"negative percent under the float's reach", `{"video_id":"v","percent":-1e-400}`, "percent", keepwatch.State{}},
+		{"negative position that rounds to 0", `{"video_id":"v","percent":1,"position":-0.0004}`, "position", keepwatch.State{}},
+		{"negative zero position", `{"video_id":"v","percent":1,"position":-0.0}`, "",
+			keepwatch.State{EventTime: recv, Percent: 1, Position: 0, Duration: unknown}},
+		{"position over the maximum by less than a float", `{"video_id":"v","percent":1,"position":99999999.9990000001}`, "position", keepwatch.State{}},
+		{"duration under a millisecond", `{"video_id":"v","percent":1,"duration":0.0005}`, "duration", keepwatch.State{}},
+		{"duration of a millisecond", `{"video_id":"v","percent":1,"duration":1e-3}`, "",
+			keepwatch.State{EventTime: recv, Percent: 1, Position: unknown, Duration: 0.001}},
+		{"ts past 2^53", `{"video_id":"v","percent":1,"ts":9007199254740993}`, "ts", keepwatch.State{}},
+		{"ts a fraction a float cannot hold", `{"video_id":"v","percent":1,"ts":1732240000000.00000001}`, "ts", keepwatch.State{}},
+		{"ts with an exponent", `{"video_id":"v","percent":1,"ts":1.73224e12,"sent_at":1732240000350.0}`, "",
+			keepwatch.State{EventTime: recv - 350, Percent: 1, Position: unknown, Duration: unknown}},
+	} {
+		for _, path := range []string{"/v1/progress", "/v1/progress/batch"} {
+			t.Run(tc.name+" "+path, func(t *testing.T) {
+				user := e.user("u")
+				body, field := tc.event, tc.field
+				if strings.HasSuffix(path, "batch") {
+					if strings.Contains(body, "sent_at") {
+						return // sent_at belongs to the envelope
+					}
+					body = `{"events":[` + body + `]}`
+					if field != "" {
+						field = "events[0]." + field
+					}
+				}
+				if field != "" {
+					nothingStored(t, e, user, func() {
+						p := e.post(user, path, body).problem(t, http.StatusUnprocessableEntity)
+						if !slices.Equal(p.fields(), []string{field}) {
+							t.Errorf("fields %q, want %s", p.fields(), field)
+						}
+					})
+					return
+				}
+				e.post(user, path, body).accepted(t)
+				if got := e.pending(user)["v"]; got != tc.want {
+					t.Fatalf("stored %+v, want %+v", got, tc.want)
+				}
+			})
+		}
+	}
+}
+
+// TestTokenRules holds the command API to the token rules, on tokens whose
+// every byte the test controls: each refused token gets 401 on every write
+// route and stores nothing.
+func TestTokenRules(t *testing.T) {
+	e := newEnv(t, func(s *setup) {
+		s.auth.Issuer, s.auth.Audience, s.auth.MaxTTL = "https://id.example", "keepwatch", 2*time.Hour
+	})
+	now := time.Now()
+	at := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).Unix(), 10) }
+	const hs = `{"alg":"HS256","typ":"JWT"}`
+	// claims are a valid token's claims for user with extra fields spliced in.
+	claims := func(user, extra string) string {
+		return `{"sub":"` + user + `","iss":"https://id.example","aud":"keepwatch","iat":` + at(0) + `,"exp":` + at(time.Hour) + extra + `}`
+	}
+	respell := func(tok string) []string { // the other spellings of the signature's last character
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		last := strings.IndexByte(alphabet, tok[len(tok)-1])
+		var out []string
+		for _, bit := range []int{1, 2, 3} { // a 32-byte HMAC leaves 2 unused bits
+			out = append(out, tok[:len(tok)-1]+string(alphabet[last^bit]))
+		}
+		return out
+	}
+	refused := map[string]func(user string) []string{
+		"exp a string": func(u string) []string {
+			return []string{handToken(hs, `{"sub":"`+u+`","iss":"https://id.example","aud":"keepwatch","iat":`+at(0)+`,"exp":"`+at(time.Hour)+`"}`, secretNew)}
+		},
+		"iat a string": func(u string) []string {
+			return []string{handToken(hs, `{"sub":"`+u+`","iss":"https://id.example","aud":"keepwatch","iat":"`+at(0)+`","exp":`+at(time.Hour)+`}`, secretNew)}
+		},
+		"nbf a string": func(u string) []string { return []string{handToken(hs, claims(u, `,"nbf":"`+at(0)+`"`), secretNew)} },
+		"iat past the leeway": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"iat":`+at(0), `"iat":`+at(2*time.Minute), 1), secretNew)}
+		},
+		"crit": func(u string) []string {
+			return []string{handToken(`{"alg":"HS256","crit":["b64"],"b64":false}`, claims(u, ""), secretNew)}
+		},
+		"signature respelled": func(u string) []string { return respell(handToken(hs, claims(u, ""), secretNew)) },
+		"sub with \\xff":      func(u string) []string { return []string{handToken(hs, claims(u+"\xff", ""), secretNew)} },
+		"sub with \\xfe":      func(u string) []string { return []string{handToken(hs, claims(u+"\xfe", ""), secretNew)} },
+		"sub twice":           func(u string) []string { return []string{handToken(hs, claims(u, `,"sub":"other"`), secretNew)} },
+		"wrong issuer": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), "id.example", "id.example.evil", 1), secretNew)}
+		},
+		"no audience": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"aud":"keepwatch",`, "", 1), secretNew)}
+		},
+		"lifetime over the max": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"exp":`+at(time.Hour), `"exp":`+at(3*time.Hour), 1), secretNew)}
+		},
+		"no iat with a max lifetime": func(u string) []string {
+			return []string{handToken(hs, strings.Replace(claims(u, ""), `"iat":`+at(0)+`,`, "", 1), secretNew)}
+		},
+	}
+	for name, toks := range refused {
+		t.Run(name, func(t *testing.T) {
+			user := e.user("u")
+			for _, tok := range toks(user) {
+				for _, r := range []req{
+					{path: "/v1/progress", body: `{"video_id":"v","percent":1}`},
+					{path: "/v1/progress/batch", body: `{"events":[{"video_id":"v","percent":1}]}`},
+					{method: http.MethodDelete, path: "/v1/progress/v"},
+				} {
+					r.auth = "Bearer " + tok
+					nothingStored(t, e, user, func() {
+						for range 2 { // a refused token is never cached
+							e.do(r).problem(t, http.StatusUnauthorized)
+						}
+					})
+				}
+			}
+		})
+	}
+	t.Run("the exactly right token", func(t *testing.T) {
+		user := e.user("u")
+		tok := handToken(hs, claims(user, `,"nbf":`+at(30*time.Second)), secretNew) // nbf within the leeway
+		for range 2 {
+			e.do(req{path: "/v1/progress", body: `{"video_id":"v","percent":1}`, auth: "Bearer " + tok}).accepted(t)
+		}
+		minted, err := auth.MintFor(secretOld, user, time.Hour, "https://id.example", "keepwatch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.do(req{path: "/v1/progress", body: `{"video_id":"w","percent":2}`, auth: "Bearer " + minted}).accepted(t)
+		if got := e.pending(user); len(got) != 2 {
+			t.Fatalf("stored %v", got)
+		}
+	})
+}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/valyala/fastjson"
 
 	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/internal/edge"
@@ -29,15 +28,23 @@ type Buffer interface {
 // Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
 type Config struct {
 	BatchMaxEvents int
-	MaxEventAge    time.Duration
-	Commit         CommitConfig
-	HighWater      int64 // for the metric; the buffer enforces it
+	// MaxJSONDepth bounds how deep objects and arrays nest in a body. JSON
+	// libraries stop at different depths (Python at about 1,000, fastjson at
+	// 300), so a body nested deeper means nothing to some of them.
+	MaxJSONDepth int
+	MaxEventAge  time.Duration
+	Commit       CommitConfig
+	HighWater    int64 // for the metric; the buffer enforces it
 }
+
+// MaxJSONDepth is the largest Config.MaxJSONDepth: fastjson, which reads the
+// bodies, counts every value of a path and stops past 300.
+const MaxJSONDepth = 256
 
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		BatchMaxEvents: 100, MaxEventAge: 7 * 24 * time.Hour,
+		BatchMaxEvents: 100, MaxJSONDepth: 32, MaxEventAge: 7 * 24 * time.Hour,
 		Commit: CommitConfig{MaxBatch: 256, Workers: 2, Queue: 8192, Timeout: 2 * time.Second},
 	}
 }
@@ -74,14 +81,15 @@ const (
 
 // Service is the command API's routes and their group commit.
 type Service struct {
-	cfg     Config
-	shell   *edge.Shell
-	buf     Buffer
-	commit  *committer
-	parsers fastjson.ParserPool
-	m       *metrics
-	log     *slog.Logger
-	closed  sync.Once
+	cfg    Config
+	shell  *edge.Shell
+	buf    Buffer
+	commit *committer
+	// decoders holds *decoder: the full parser's memory, reused.
+	decoders sync.Pool
+	m        *metrics
+	log      *slog.Logger
+	closed   sync.Once
 }
 
 // Validate checks the bounds, naming the flag to fix.
@@ -89,6 +97,8 @@ func (cfg Config) Validate() error {
 	switch {
 	case cfg.BatchMaxEvents <= 0:
 		return errors.New("--batch-max-events must be positive")
+	case cfg.MaxJSONDepth < 3 || cfg.MaxJSONDepth > MaxJSONDepth:
+		return fmt.Errorf("--max-json-depth must be from 3 (a batch's events nest 3 deep) to %d", MaxJSONDepth)
 	case cfg.MaxEventAge < 0:
 		return errors.New("--max-event-age must not be negative")
 	case cfg.Commit.MaxBatch <= 0:
@@ -115,6 +125,7 @@ func New(cfg Config, shell *edge.Shell, buf Buffer, reg prometheus.Registerer, l
 		return nil, fmt.Errorf("command: %w", err)
 	}
 	s := &Service{cfg: cfg, shell: shell, buf: buf, m: newMetrics(reg), log: log}
+	s.decoders.New = func() any { return &decoder{maxDepth: cfg.MaxJSONDepth} }
 	s.commit = newCommitter(cfg.Commit, buf, func(n int, d time.Duration) {
 		s.m.commitSize.Observe(float64(n))
 		s.m.commitDur.Observe(d.Seconds())
@@ -170,14 +181,14 @@ func (s *Service) postProgress(c *fiber.Ctx, recv time.Time) error {
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	ev, err := decodeProgress(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
+	d := s.decoders.Get().(*decoder)
+	ev, err := d.decodeProgress(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
 	var entry keepwatch.Entry
 	if err == nil {
 		// The video id points into Fiber's reused request memory: copy it.
 		entry = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
 	}
-	s.parsers.Put(p)
+	s.decoders.Put(d)
 	if err != nil {
 		return err
 	}
@@ -204,13 +215,13 @@ func (s *Service) postBatch(c *fiber.Ctx, recv time.Time) error {
 	if err != nil {
 		return err
 	}
-	p := s.parsers.Get()
-	res, err := decodeBatch(p, c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
+	d := s.decoders.Get().(*decoder)
+	res, err := d.decodeBatch(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
 	entries := make([]keepwatch.Entry, len(res.events))
 	for i, ev := range res.events {
 		entries[i] = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
 	}
-	s.parsers.Put(p)
+	s.decoders.Put(d)
 	if err != nil {
 		return err
 	}

@@ -1,12 +1,14 @@
 package command
 
 import (
-	"math"
+	"bytes"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
 	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/internal/ijson"
 )
 
 // The request bodies are small and fixed in shape, so they are parsed with a
@@ -31,33 +33,112 @@ func malformed(msg string) *keepwatch.Error {
 	return &keepwatch.Error{Code: keepwatch.EMALFORMED, Message: msg}
 }
 
+// eventFields are the keys of an event (of a batch's event: all but
+// sent_at), and batchFields those of a batch's envelope. A key that differs
+// from one of them only in case is refused: encoding/json matches keys to
+// fields ignoring case (folding ſ to s and K to k too), so a Go gateway
+// would read "PERCENT" as the percent that keepwatch ignores.
+var (
+	eventFields = [...]string{"video_id", "percent", "position", "duration", "ts", "sent_at"}
+	batchFields = [...]string{"sent_at", "events"}
+)
+
+// decoder is the memory the full parser reuses from request to request.
+type decoder struct {
+	p        fastjson.Parser
+	c        ijson.Checker
+	maxDepth int
+	num      []byte // the number token being read
+}
+
 // decodeProgress parses and validates the body of POST /v1/progress.
-func decodeProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, error) {
+func (d *decoder) decodeProgress(body []byte, tm timing) (progressEvent, error) {
 	if ev, ok := scanProgress(body, tm); ok {
 		return ev, nil
 	}
-	return parseProgress(p, body, tm)
+	return d.parseProgress(body, tm)
+}
+
+// object checks that body is one I-JSON object and parses it.
+func (d *decoder) object(body []byte) (*fastjson.Object, error) {
+	// fastjson keeps the first of two equal keys where encoding/json keeps
+	// the last, and it unescapes strings lazily, so a bad escape in a field
+	// nobody reads would pass Parse: check the whole document first.
+	if err := d.c.Check(body, d.maxDepth); err != nil {
+		return nil, malformed("the body is not I-JSON (RFC 7493): " + err.Error())
+	}
+	v, err := d.p.ParseBytes(body)
+	if err != nil {
+		return nil, malformed("the body is not valid JSON")
+	}
+	o, err := v.Object()
+	if err != nil {
+		return nil, malformed("the body must be a JSON object")
+	}
+	return o, nil
+}
+
+// sameButCase refuses a key of o that differs from one of names only in
+// case.
+func sameButCase(o *fastjson.Object, names []string, where string) error {
+	var err error
+	o.Visit(func(k []byte, _ *fastjson.Value) {
+		if n, ok := caseVariant(k, names); ok && err == nil {
+			err = malformed("the key " + ijson.QuoteKey(string(k)) + where + " differs from \"" + n + "\" only in case")
+		}
+	})
+	return err
+}
+
+// caseVariant returns the name of names that key equals ignoring case (by
+// Unicode simple folding, as encoding/json and bytes.EqualFold do) without
+// being it.
+func caseVariant(key []byte, names []string) (string, bool) {
+	ascii := true
+	for _, c := range key {
+		if c >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	for _, n := range names {
+		switch {
+		case string(key) == n:
+		case ascii && len(key) == len(n) && asciiFold(key, n):
+			return n, true
+		case !ascii && bytes.EqualFold(key, []byte(n)): // ſ folds to s, K to k
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// asciiFold reports whether ASCII a equals f (lower case) ignoring case.
+func asciiFold(a []byte, f string) bool {
+	for i, c := range a {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != f[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // parseProgress is decodeProgress for any body: it accepts the same events as
 // scanProgress and explains every error.
-func parseProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, error) {
-	// fastjson unescapes strings lazily, so a bad escape in a field nobody
-	// reads would pass Parse: validate the whole document first.
-	if fastjson.ValidateBytes(body) != nil {
-		return progressEvent{}, malformed("the body is not valid JSON")
-	}
-	v, err := p.ParseBytes(body)
+func (d *decoder) parseProgress(body []byte, tm timing) (progressEvent, error) {
+	o, err := d.object(body)
 	if err != nil {
-		return progressEvent{}, malformed("the body is not valid JSON")
+		return progressEvent{}, err
 	}
-	o, err := v.Object()
-	if err != nil {
-		return progressEvent{}, malformed("the body must be a JSON object")
+	if err := sameButCase(o, eventFields[:], ""); err != nil {
+		return progressEvent{}, err
 	}
 	var errs []keepwatch.FieldError
-	ev := decodeEvent(o, "", &errs)
-	sentAt := optInt(o.Get("sent_at"), "sent_at", &errs)
+	ev := d.decodeEvent(o, &errs)
+	sentAt := d.optMillis(o.Get("sent_at"), "sent_at", &errs)
 	if len(errs) > 0 {
 		return progressEvent{}, &keepwatch.Error{Code: keepwatch.EINVALID, Message: "the event has invalid fields", Fields: errs}
 	}
@@ -65,81 +146,64 @@ func parseProgress(p *fastjson.Parser, body []byte, tm timing) (progressEvent, e
 	return ev, nil
 }
 
-// decodeEvent reads the fields of one event object; prefix names it in errors
-// ("events[3].").
-func decodeEvent(o *fastjson.Object, prefix string, errs *[]keepwatch.FieldError) progressEvent {
+// decodeEvent reads the fields of one event object.
+func (d *decoder) decodeEvent(o *fastjson.Object, errs *[]keepwatch.FieldError) progressEvent {
 	var ev progressEvent
 	ev.state.Kind = keepwatch.KindProgress
 	switch id := o.Get("video_id"); {
 	case id == nil:
-		*errs = append(*errs, keepwatch.FieldError{Field: prefix + "video_id", Detail: "is required"})
+		*errs = append(*errs, keepwatch.FieldError{Field: "video_id", Detail: "is required"})
 	case id.Type() != fastjson.TypeString:
-		*errs = append(*errs, keepwatch.FieldError{Field: prefix + "video_id", Detail: "must be a string"})
+		*errs = append(*errs, keepwatch.FieldError{Field: "video_id", Detail: "must be a string"})
 	default:
 		b, _ := id.StringBytes()
 		if !keepwatch.ValidVideoID(b) {
-			*errs = append(*errs, keepwatch.FieldError{Field: prefix + "video_id", Detail: "must be 1–128 characters of A-Z a-z 0-9 . _ : -"})
+			*errs = append(*errs, keepwatch.FieldError{Field: "video_id", Detail: "must be 1–128 characters of A-Z a-z 0-9 . _ : -"})
 		}
 		ev.videoID = b
 	}
 	switch pct := o.Get("percent"); {
 	case pct == nil:
-		*errs = append(*errs, keepwatch.FieldError{Field: prefix + "percent", Detail: "is required"})
+		*errs = append(*errs, keepwatch.FieldError{Field: "percent", Detail: "is required"})
 	default:
-		f, ok := number(pct)
-		if !ok || !keepwatch.ValidPercent(f) {
-			*errs = append(*errs, keepwatch.FieldError{Field: prefix + "percent", Detail: "must be a number from 0 to 100"})
+		n, ok := d.number(pct)
+		if ok {
+			ev.state.Percent, ok = percentOf(n)
 		}
-		ev.state.Percent = keepwatch.Round3(f)
+		if !ok {
+			*errs = append(*errs, keepwatch.FieldError{Field: "percent", Detail: "must be a number from 0 to 100"})
+		}
 	}
-	ev.state.Position = optSeconds(o.Get("position"), prefix+"position", false, errs)
-	ev.state.Duration = optSeconds(o.Get("duration"), prefix+"duration", true, errs)
-	ev.ts = optInt(o.Get("ts"), prefix+"ts", errs)
+	ev.state.Position = d.optSeconds(o.Get("position"), "position", false, errs)
+	ev.state.Duration = d.optSeconds(o.Get("duration"), "duration", true, errs)
+	ev.ts = d.optMillis(o.Get("ts"), "ts", errs)
 	return ev
 }
 
-// number returns a JSON number's value.
-func number(v *fastjson.Value) (float64, bool) {
+// number returns a JSON number's token as the body spells it (ijson checked
+// its grammar), valid until the next call.
+func (d *decoder) number(v *fastjson.Value) ([]byte, bool) {
 	if v.Type() != fastjson.TypeNumber {
-		return 0, false
+		return nil, false
 	}
-	return finite(v.Float64())
-}
-
-// finite is a parsed number's value; NaN and infinities are not numbers.
-func finite(f float64, err error) (float64, bool) {
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, false
-	}
-	return f, true
-}
-
-// seconds is a number of seconds as stored, rounded to the millisecond, and
-// whether it is valid: a duration that rounds to 0 is 0, and positive refuses it.
-func seconds(f float64, positive bool) (float64, bool) {
-	f = keepwatch.Round3(f)
-	return f, keepwatch.ValidSeconds(f) && !(positive && f == 0)
-}
-
-// millis is a timestamp in ms since the epoch and whether it is valid.
-func millis(f float64) (int64, bool) {
-	if f < 0 || f > maxMillis || f != math.Trunc(f) {
-		return 0, false
-	}
-	return int64(f), true
+	d.num = v.MarshalTo(d.num[:0])
+	return d.num, true
 }
 
 // optSeconds reads an optional number of seconds; absent or null is Unknown.
-func optSeconds(v *fastjson.Value, field string, positive bool, errs *[]keepwatch.FieldError) float64 {
+func (d *decoder) optSeconds(v *fastjson.Value, field string, duration bool, errs *[]keepwatch.FieldError) float64 {
 	if v == nil || v.Type() == fastjson.TypeNull {
 		return keepwatch.Unknown
 	}
-	f, ok := number(v)
-	f, valid := seconds(f, positive)
-	if !ok || !valid {
+	n, ok := d.number(v)
+	var f float64
+	if ok {
+		f, ok = secondsOf(n, duration)
+	}
+	if !ok {
 		detail := "must be a number of seconds from 0 to 99999999.999"
-		if positive {
-			detail = "must be a number of seconds above 0 and at most 99999999.999"
+		if duration {
+			detail = "must be a number of seconds from 0.001 to 99999999.999"
 		}
 		*errs = append(*errs, keepwatch.FieldError{Field: field, Detail: detail})
 		return keepwatch.Unknown
@@ -147,18 +211,19 @@ func optSeconds(v *fastjson.Value, field string, positive bool, errs *[]keepwatc
 	return f
 }
 
-// maxMillis bounds ts and sent_at: ms since the epoch, before year 2286.
-const maxMillis = 9_999_999_999_999
-
-// optInt reads an optional timestamp in ms since the epoch; absent or null is 0.
-func optInt(v *fastjson.Value, field string, errs *[]keepwatch.FieldError) int64 {
+// optMillis reads an optional timestamp in ms since the epoch; absent or
+// null is 0.
+func (d *decoder) optMillis(v *fastjson.Value, field string, errs *[]keepwatch.FieldError) int64 {
 	if v == nil || v.Type() == fastjson.TypeNull {
 		return 0
 	}
-	f, ok := number(v)
-	ms, valid := millis(f)
-	if !ok || !valid {
-		*errs = append(*errs, keepwatch.FieldError{Field: field, Detail: "must be a whole number of milliseconds since the Unix epoch"})
+	n, ok := d.number(v)
+	var ms int64
+	if ok {
+		ms, ok = millisOf(n)
+	}
+	if !ok {
+		*errs = append(*errs, keepwatch.FieldError{Field: field, Detail: "must be a whole number of milliseconds since the Unix epoch, at most 9999999999999"})
 		return 0
 	}
 	return ms
@@ -177,21 +242,19 @@ type rejection struct {
 }
 
 // decodeBatch parses POST /v1/progress/batch. A malformed body or envelope is
-// an error; invalid events are rejected one by one.
-func decodeBatch(p *fastjson.Parser, body []byte, tm timing, maxEvents int) (batchResult, error) {
-	if fastjson.ValidateBytes(body) != nil {
-		return batchResult{}, malformed("the body is not valid JSON")
-	}
-	v, err := p.ParseBytes(body)
+// an error; invalid events are rejected one by one. A repeated key anywhere,
+// or a key that differs from a field's name only in case, is an error for
+// the whole batch: the body is ambiguous.
+func (d *decoder) decodeBatch(body []byte, tm timing, maxEvents int) (batchResult, error) {
+	o, err := d.object(body)
 	if err != nil {
-		return batchResult{}, malformed("the body is not valid JSON")
+		return batchResult{}, err
 	}
-	o, err := v.Object()
-	if err != nil {
-		return batchResult{}, malformed("the body must be a JSON object")
+	if err := sameButCase(o, batchFields[:], ""); err != nil {
+		return batchResult{}, err
 	}
 	var envErrs []keepwatch.FieldError
-	sentAt := optInt(o.Get("sent_at"), "sent_at", &envErrs)
+	sentAt := d.optMillis(o.Get("sent_at"), "sent_at", &envErrs)
 	evs := o.Get("events")
 	switch {
 	case evs == nil:
@@ -211,6 +274,13 @@ func decodeBatch(p *fastjson.Parser, body []byte, tm timing, maxEvents int) (bat
 		return batchResult{}, &keepwatch.Error{Code: keepwatch.EINVALID, Message: "the batch has too many events",
 			Fields: []keepwatch.FieldError{{Field: "events", Detail: "must hold at most " + itoa(maxEvents) + " events"}}}
 	}
+	for i, ev := range arr {
+		if eo, err := ev.Object(); err == nil {
+			if err := sameButCase(eo, eventFields[:5], " of events["+itoa(i)+"]"); err != nil {
+				return batchResult{}, err
+			}
+		}
+	}
 	res := batchResult{events: make([]progressEvent, 0, len(arr))}
 	for i, ev := range arr {
 		eo, err := ev.Object()
@@ -221,7 +291,7 @@ func decodeBatch(p *fastjson.Parser, body []byte, tm timing, maxEvents int) (bat
 			continue
 		}
 		var errs []keepwatch.FieldError
-		pe := decodeEvent(eo, "", &errs)
+		pe := d.decodeEvent(eo, &errs)
 		if len(errs) > 0 {
 			res.rejected = append(res.rejected, rejection{Index: i, Errors: errs})
 			continue

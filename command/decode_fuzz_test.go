@@ -15,6 +15,9 @@ import (
 // with: a realistic server clock and the default maximum age.
 var fuzzTiming = timing{received: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC), maxAge: 7 * 24 * time.Hour}
 
+// newDecoder is the full parser with the default bounds.
+func newDecoder() *decoder { return &decoder{maxDepth: DefaultConfig().MaxJSONDepth} }
+
 // progressSeeds are bodies worth starting from; the corpus in
 // testdata/fuzz/FuzzDecodeProgress holds more.
 var progressSeeds = []string{
@@ -94,9 +97,11 @@ func FuzzDecodeProgress(f *testing.F) {
 	for _, s := range progressSeeds {
 		f.Add([]byte(s))
 	}
+	for _, tc := range ReadCorpus(f, "single.txt") {
+		f.Add(tc.Body)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var p fastjson.Parser
-		ev, err := decodeProgress(&p, body, fuzzTiming)
+		ev, err := newDecoder().decodeProgress(body, fuzzTiming)
 		if err != nil {
 			checkError(t, err)
 			return
@@ -118,13 +123,15 @@ func FuzzScanProgress(f *testing.F) {
 	for _, s := range scanSeeds {
 		f.Add([]byte(s))
 	}
+	for _, tc := range ReadCorpus(f, "single.txt") {
+		f.Add(tc.Body)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		fast, ok := scanProgress(body, fuzzTiming)
 		if !ok {
 			return
 		}
-		var p fastjson.Parser
-		slow, err := parseProgress(&p, body, fuzzTiming)
+		slow, err := newDecoder().parseProgress(body, fuzzTiming)
 		if err != nil {
 			t.Fatalf("the scanner accepted %q, the parser refuses it: %v", body, err)
 		}
@@ -167,9 +174,11 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add([]byte(`{"events":null,"sent_at":-1}`))
 	f.Add([]byte(`{"sent_at":1,"events":[{"video_id":"v","percent":1,"ts":9999999999999}]}`))
 	f.Add([]byte(`[{"video_id":"v","percent":1}]`))
+	for _, tc := range ReadCorpus(f, "batch.txt") {
+		f.Add(tc.Body)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var p fastjson.Parser
-		res, err := decodeBatch(&p, body, fuzzTiming, fuzzMaxEvents)
+		res, err := newDecoder().decodeBatch(body, fuzzTiming, fuzzMaxEvents)
 		if err != nil {
 			checkError(t, err)
 			return

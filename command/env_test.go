@@ -33,8 +33,11 @@ const (
 	secretOld = "test-secret-old"
 )
 
-// start is the injected server clock's initial time.
-var start = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+// start is the injected server clock's initial time: the real time, since
+// tokens are minted on the real clock and an iat in the service's future is
+// refused. Tests move the clock forward by minutes at most, well within the
+// hour their tokens live.
+var start = time.Now().Truncate(time.Second)
 
 // clock is the service's injected clock; tests move it by hand.
 type clock struct{ ms atomic.Int64 }
@@ -72,6 +75,7 @@ type setup struct {
 	edge   edge.Config
 	opts   redisbuf.Options
 	client redis.Options // Addr is filled in
+	auth   auth.Options
 }
 
 // newEnv starts a redis-server and a command service on it. The rate limit is
@@ -79,7 +83,8 @@ type setup struct {
 // frozen clock.
 func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	t.Helper()
-	s := setup{cfg: command.DefaultConfig(), edge: command.DefaultEdge(), opts: redisbuf.Options{Shards: 4}}
+	s := setup{cfg: command.DefaultConfig(), edge: command.DefaultEdge(), opts: redisbuf.Options{Shards: 4},
+		auth: auth.Options{Secrets: []string{secretNew, secretOld}, CacheSize: 1024, Leeway: auth.DefaultLeeway}}
 	s.edge.Rate.Limit = 0
 	for _, m := range mods {
 		m(&s)
@@ -92,7 +97,7 @@ func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := auth.NewVerifier([]string{secretNew, secretOld}, 1024)
+	v, err := auth.New(s.auth)
 	if err != nil {
 		t.Fatal(err)
 	}

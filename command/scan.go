@@ -1,9 +1,7 @@
 package command
 
 import (
-	"unsafe"
-
-	"github.com/valyala/fastjson/fastfloat"
+	"unicode/utf8"
 
 	"github.com/keepwatch/keepwatch"
 )
@@ -13,12 +11,17 @@ import (
 // reads the body once, where validating and then parsing read it twice and
 // look each field up by name again (the decoder was a tenth of the request's
 // CPU). It answers ok only for a body decodeProgress would accept with the same
-// event; anything else (escapes, nesting, duplicate fields, any invalid or
-// mistyped field, bad JSON) is left to decodeProgress, which owns every error
-// message. FuzzScanProgress holds it to that.
+// event; anything else (escapes, nesting, repeated keys, a key that differs
+// from a field's name only in case, non-ASCII keys, any invalid or mistyped
+// field, bad JSON) is left to decodeProgress, which owns every error message.
+// FuzzScanProgress holds it to that.
 func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 	var pct, pos, dur, ts, sentAt []byte
 	var seen uint8 // bit per known field: a repeated field goes the slow way
+	// The unknown keys so far, to find a repeated one without allocating;
+	// a body with more than eight goes the slow way.
+	var unknown [8][]byte
+	nUnknown := 0
 	s := scanner{b: body}
 	s.space()
 	if !s.byte('{') {
@@ -59,6 +62,16 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 		case "sent_at":
 			bit, dst = 32, &sentAt
 		default:
+			if nUnknown == len(unknown) || !plainKey(key) {
+				return ev, false
+			}
+			for _, k := range unknown[:nUnknown] {
+				if string(k) == string(key) {
+					return ev, false
+				}
+			}
+			unknown[nUnknown] = key
+			nUnknown++
 			if !s.scalar() {
 				return ev, false
 			}
@@ -92,11 +105,9 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 		return ev, false
 	}
 	ev.state.Kind = keepwatch.KindProgress
-	p, ok := parseNumber(pct)
-	if !ok || !keepwatch.ValidPercent(p) {
+	if ev.state.Percent, ok = percentOf(pct); !ok {
 		return ev, false
 	}
-	ev.state.Percent = keepwatch.Round3(p)
 	if ev.state.Position, ok = scanSeconds(pos, false); !ok {
 		return ev, false
 	}
@@ -114,33 +125,32 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 	return ev, true
 }
 
+// plainKey reports whether an unknown key can stay on the fast path: ASCII
+// and not a field's name in other case (which decodeProgress refuses).
+func plainKey(key []byte) bool {
+	for _, c := range key {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	_, variant := caseVariant(key, eventFields[:])
+	return !variant
+}
+
 // scanSeconds is optSeconds for a scanned number token (nil: absent or null).
-func scanSeconds(tok []byte, positive bool) (float64, bool) {
+func scanSeconds(tok []byte, duration bool) (float64, bool) {
 	if tok == nil {
 		return keepwatch.Unknown, true
 	}
-	f, ok := parseNumber(tok)
-	f, valid := seconds(f, positive)
-	return f, ok && valid
+	return secondsOf(tok, duration)
 }
 
-// scanMillis is optInt for a scanned number token (nil: absent or null).
+// scanMillis is optMillis for a scanned number token (nil: absent or null).
 func scanMillis(tok []byte) (int64, bool) {
 	if tok == nil {
 		return 0, true
 	}
-	f, ok := parseNumber(tok)
-	ms, valid := millis(f)
-	return ms, ok && valid
-}
-
-// parseNumber parses a token scanner.number accepted as fastjson's
-// Value.Float64 does, so both paths store the same value; like number, it
-// refuses what is not a finite float64.
-func parseNumber(tok []byte) (float64, bool) {
-	// The string does not outlive the call and the body is not written
-	// meanwhile; fastfloat wants a string and a copy would allocate.
-	return finite(fastfloat.Parse(unsafe.String(unsafe.SliceData(tok), len(tok))))
+	return millisOf(tok)
 }
 
 // scanner reads JSON tokens of the narrow shape scanProgress accepts.
@@ -176,8 +186,8 @@ func (s *scanner) literal(lit string) bool {
 	return false
 }
 
-// str reads a string without escapes or control characters and returns its
-// bytes; any other string is not for the fast path.
+// str reads a string of valid UTF-8 without escapes or control characters
+// and returns its bytes; any other string is not for the fast path.
 func (s *scanner) str() ([]byte, bool) {
 	if !s.byte('"') {
 		return nil, false
@@ -191,6 +201,13 @@ func (s *scanner) str() ([]byte, bool) {
 			return s.b[start : s.i-1], true
 		case c == '\\' || c < 0x20:
 			return nil, false
+		case c >= utf8.RuneSelf:
+			r, size := utf8.DecodeRune(s.b[s.i:])
+			if r == utf8.RuneError && size <= 1 {
+				return nil, false
+			}
+			s.i += size
+			continue
 		}
 		s.i++
 	}

@@ -2,8 +2,6 @@ package command
 
 import (
 	"testing"
-
-	"github.com/valyala/fastjson"
 )
 
 // TestScanTakesPlayerBodies checks that what players ordinarily send takes the
@@ -22,8 +20,7 @@ func TestScanTakesPlayerBodies(t *testing.T) {
 			t.Errorf("%s: not taken by the single pass", body)
 			continue
 		}
-		var p fastjson.Parser
-		slow, err := parseProgress(&p, []byte(body), fuzzTiming)
+		slow, err := newDecoder().parseProgress([]byte(body), fuzzTiming)
 		if err != nil || string(fast.videoID) != string(slow.videoID) || fast.state != slow.state {
 			t.Errorf("%s: scanner %+v, parser %+v, %v", body, fast.state, slow.state, err)
 		}
@@ -54,10 +51,10 @@ func BenchmarkDecodeProgress(b *testing.B) {
 		}
 	})
 	b.Run("parse", func(b *testing.B) {
-		var p fastjson.Parser
+		d := newDecoder()
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := parseProgress(&p, body, fuzzTiming); err != nil {
+			if _, err := d.parseProgress(body, fuzzTiming); err != nil {
 				b.Fatal(err)
 			}
 		}

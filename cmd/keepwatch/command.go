@@ -35,6 +35,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.http.edge.Rate.Burst, "rate-burst", e.Rate.Burst, "requests a user may send at once above the rate")
 	fs.IntVar(&c.http.edge.Rate.Users, "rate-users", e.Rate.Users, "users the rate limiter tracks at most (memory bound)")
 	fs.IntVar(&c.cmd.BatchMaxEvents, "batch-max-events", d.BatchMaxEvents, "most events in one POST /v1/progress/batch")
+	fs.IntVar(&c.cmd.MaxJSONDepth, "max-json-depth", d.MaxJSONDepth, fmt.Sprintf("deepest nesting of objects and arrays in a body (400 deeper; from 3 to %d)", command.MaxJSONDepth))
 	fs.DurationVar(&c.cmd.MaxEventAge, "max-event-age", d.MaxEventAge, "largest age (sent_at - ts) an event may claim")
 	fs.DurationVar(&c.cmd.Commit.Window, "commit-window", d.Commit.Window, "group commit: wait this long for more requests (0: send when the queue is empty; below 1ms it rounds up to about 1ms when the process is idle)")
 	fs.IntVar(&c.cmd.Commit.MaxBatch, "commit-batch", d.Commit.MaxBatch, "group commit: most requests per Redis round trip")

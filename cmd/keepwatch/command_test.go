@@ -125,6 +125,9 @@ func TestCommandRefusesBadConfig(t *testing.T) {
 		"bad duration":  {"command", "--commit-window", "soon"},
 		"zero workers":  {"command", "--flush=false", "--auth-secret", "s", "--commit-workers", "0"},
 		"token no user": {"token", "--auth-secret", "s"},
+		"leeway":        {"command", "--flush=false", "--auth-secret", "s", "--auth-leeway", "-1s"},
+		"json depth":    {"command", "--flush=false", "--auth-secret", "s", "--max-json-depth", "1"},
+		"query leeway":  {"query", "--auth-secret", "s", "--auth-max-ttl", "-1h"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			done, out := startMain(t, context.Background(), args...)
@@ -363,4 +366,57 @@ func healthz(t *testing.T, rw *bufio.ReadWriter) int {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestTokenChecksAreConfigured: --auth-issuer, --auth-audience and
+// --auth-max-ttl (here from their KEEPWATCH_* variables) reach the command
+// API's verifier, and `keepwatch token` run with the same variables mints a
+// token that passes them.
+func TestTokenChecksAreConfigured(t *testing.T) {
+	r := testenv.StartRedis(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	vars := map[string]string{
+		"KEEPWATCH_AUTH_SECRET": "s", "KEEPWATCH_AUTH_ISSUER": "https://id.example", "KEEPWATCH_AUTH_AUDIENCE": "keepwatch",
+		"KEEPWATCH_AUTH_MAX_TTL": "2h", "KEEPWATCH_REDIS_URL": r.URL(), "KEEPWATCH_HTTP_ADDR": addr, "KEEPWATCH_FLUSH": "false",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		code, _, errOut := runMain(t, ctx, vars, "command")
+		if code != 0 {
+			t.Logf("keepwatch command: exit %d\n%s", code, errOut)
+		}
+		done <- code
+	}()
+	base := "http://" + addr
+	waitStatus(t, base+"/readyz", http.StatusOK)
+	mint := func(args ...string) string {
+		code, out, errOut := runMain(t, ctx, vars, append([]string{"token", "--user", "alice"}, args...)...)
+		if code != 0 {
+			t.Fatalf("keepwatch token: exit %d\n%s", code, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	bare, err := auth.Mint("s", "alice", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, token string
+		want        int
+	}{
+		{"minted with the same variables", mint(), http.StatusAccepted},
+		{"living longer than --auth-max-ttl", mint("--ttl", "3h"), http.StatusUnauthorized},
+		{"another audience", mint("--auth-audience", "other"), http.StatusUnauthorized},
+		{"without iss and aud", bare, http.StatusUnauthorized},
+	} {
+		if code := postProgress(t, base, tc.token, `{"video_id":"v","percent":1}`); code != tc.want {
+			t.Errorf("%s: POST = %d, want %d", tc.name, code, tc.want)
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
 }

@@ -40,6 +40,7 @@ type apiConfig struct {
 	authSecret     secret
 	adminToken     secret
 	tokenCacheSize int
+	tokens         tokenFlags
 	corsOrigins    string
 }
 
@@ -47,6 +48,7 @@ func (c *apiConfig) register(fs *flag.FlagSet) {
 	c.authSecret.register(fs, "auth-secret", "HS256 secrets, comma-separated (rotation: all verify); required")
 	c.adminToken.register(fs, "admin-token", "bearer token for /debug/pprof (empty: pprof off)")
 	fs.IntVar(&c.tokenCacheSize, "token-cache-size", 100_000, "verified tokens kept in memory (0: verify every request)")
+	c.tokens.register(fs)
 	fs.StringVar(&c.corsOrigins, "cors-origins", "",
 		"browser origins allowed to call the API, comma-separated (https://app.example.com); empty: CORS off")
 }
@@ -60,7 +62,7 @@ func (c *apiConfig) shell(h *httpConfig, files edge.FileBudget) (edge.Config, *a
 	if err != nil {
 		return e, nil, err
 	}
-	v, err := auth.NewVerifier(strings.Split(secrets, ","), c.tokenCacheSize)
+	v, err := c.tokens.verifier(secrets, c.tokenCacheSize)
 	if err != nil {
 		return e, nil, usageError{err.Error()}
 	}

@@ -17,6 +17,9 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	var sec secret
 	sec.register(fs, "auth-secret", "HS256 secrets, comma-separated; the first one signs")
+	// The iss and aud the services check, from the same variables.
+	issuer := fs.String("auth-issuer", "", "the token's iss, for services run with --auth-issuer (empty: none)")
+	audience := fs.String("auth-audience", "", "the token's aud, for services run with --auth-audience (empty: none)")
 	if err := parseFlags(env, fs, args); err != nil {
 		return err
 	}
@@ -34,7 +37,7 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	if *ttl <= 0 {
 		return usageError{"--ttl must be positive"}
 	}
-	tok, err := auth.Mint(first, *user, *ttl)
+	tok, err := auth.MintFor(first, *user, *ttl, *issuer, *audience)
 	if err != nil {
 		return err
 	}
