@@ -209,6 +209,7 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		method, path, body, ctype string
 		auth                      string
 		want                      int
+		header                    http.Header // more headers, added
 	}
 	etag := ""
 	reqs := []req{
@@ -231,6 +232,12 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		{app: queryApp, method: "GET", path: "/v1/progress/tt0903747:s01e01", auth: tok, want: 200},
 		{app: queryApp, method: "GET", path: "/v1/progress/never-watched", auth: tok, want: 404},
 		{app: queryApp, method: "GET", path: "/v1/progress/tt0903747:s01e01", auth: tok, want: 304},
+		// The edge's answers: two Authorization headers, and headers over
+		// --max-header-bytes.
+		{app: queryApp, method: "GET", path: "/v1/keep-watching", auth: tok, want: 400,
+			header: http.Header{"Authorization": {"Bearer " + tok}}},
+		{app: queryApp, method: "GET", path: "/v1/progress?video_ids=a", auth: tok, want: 431,
+			header: http.Header{"X-Padding": {strings.Repeat("p", 40<<10)}}},
 	}
 	for _, app := range []*fiber.App{cmdApp, queryApp} {
 		for _, p := range []string{"/healthz", "/readyz", "/openapi.json", "/metrics"} {
@@ -255,6 +262,11 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		}
 		if r.want == 304 {
 			hreq.Header.Set("If-None-Match", etag)
+		}
+		for k, vs := range r.header {
+			for _, v := range vs {
+				hreq.Header.Add(k, v)
+			}
 		}
 		hreq.URL.Scheme, hreq.URL.Host, hreq.RequestURI = "http", urls[r.app], ""
 		resp, err := http.DefaultClient.Do(hreq)
