@@ -15,10 +15,12 @@ const (
 	EMALFORMED    Code = "malformed"              // 400: the body is not JSON of the expected shape
 	EUNAUTHORIZED Code = "unauthorized"           // 401: missing, bad or expired token
 	ENOTFOUND     Code = "not_found"              // 404
+	EMETHOD       Code = "method_not_allowed"     // 405: the path is served, not with this method
 	ETOOLARGE     Code = "too_large"              // 413: body over the limit
 	EUNSUPPORTED  Code = "unsupported_media_type" // 415: not application/json
 	EINVALID      Code = "invalid"                // 422: a field breaks a rule
 	ERATELIMITED  Code = "rate_limited"           // 429: the user posts too often
+	EHEADERS      Code = "headers_too_large"      // 431: request line and headers over the limit
 	EUNAVAILABLE  Code = "unavailable"            // 503: buffer over its high-water mark or a dependency is down
 	EINTERNAL     Code = "internal"               // 500: a bug; details are logged, never shown
 )

@@ -21,6 +21,7 @@ import (
 	"github.com/keepwatch/keepwatch/api"
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/migrations"
 	"github.com/keepwatch/keepwatch/query"
@@ -50,15 +51,22 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := command.DefaultConfig()
+	cfg := command.DefaultEdge()
 	cfg.AdminToken = adminToken
 	cfg.OpenAPI = api.OpenAPI
 	reg := prometheus.NewRegistry()
-	cmd, err := command.New(cfg, buf, verifier, reg, reg, log)
+	cmdShell, err := edge.New(cfg, edge.Deps{Verifier: verifier, Ready: buf.Ping, Registerer: reg, Gatherer: reg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Shutdown(context.Background()) })
+	cmd, err := command.New(command.DefaultConfig(), cmdShell, buf, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmdShell.Shutdown(context.Background())
+		cmd.Close()
+	})
 
 	m := testenv.StartMongo(t)
 	store, err := kwmongo.Open(ctx, kwmongo.Options{URI: m.URI, Database: m.Database, Timeout: 10 * time.Second})
@@ -73,13 +81,18 @@ func services(t *testing.T) (cmdApp, queryApp *fiber.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	qcfg := query.DefaultEdge()
+	qcfg.AdminToken = adminToken
+	qcfg.OpenAPI = api.OpenAPI
 	qreg := prometheus.NewRegistry()
-	q, err := query.New(query.Config{Overlay: true, AdminToken: adminToken, OpenAPI: api.OpenAPI, Registerer: qreg, Gatherer: qreg, Logger: log},
-		query.Deps{Store: reader, Pending: buf, Verifier: verifier, Ready: store.Ping})
+	queryShell, err := edge.New(qcfg, edge.Deps{Verifier: verifier, Ready: store.Ping, Registerer: qreg, Gatherer: qreg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cmd.App(), q.App()
+	if _, err := query.New(query.Config{Overlay: true}, queryShell, query.Deps{Store: reader, Pending: buf}, qreg); err != nil {
+		t.Fatal(err)
+	}
+	return cmdShell.App(), queryShell.App()
 }
 
 var fiberParam = regexp.MustCompile(`:([A-Za-z0-9_]+)\??`)
@@ -196,6 +209,7 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		method, path, body, ctype string
 		auth                      string
 		want                      int
+		header                    http.Header // more headers, added
 	}
 	etag := ""
 	reqs := []req{
@@ -218,14 +232,20 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		{app: queryApp, method: "GET", path: "/v1/progress/tt0903747:s01e01", auth: tok, want: 200},
 		{app: queryApp, method: "GET", path: "/v1/progress/never-watched", auth: tok, want: 404},
 		{app: queryApp, method: "GET", path: "/v1/progress/tt0903747:s01e01", auth: tok, want: 304},
+		// The edge's answers: two Authorization headers, and headers over
+		// --max-header-bytes.
+		{app: queryApp, method: "GET", path: "/v1/keep-watching", auth: tok, want: 400,
+			header: http.Header{"Authorization": {"Bearer " + tok}}},
+		{app: queryApp, method: "GET", path: "/v1/progress?video_ids=a", auth: tok, want: 431,
+			header: http.Header{"X-Padding": {strings.Repeat("p", 40<<10)}}},
 	}
 	for _, app := range []*fiber.App{cmdApp, queryApp} {
 		for _, p := range []string{"/healthz", "/readyz", "/openapi.json", "/metrics"} {
 			reqs = append(reqs, req{app: app, method: "GET", path: p, want: 200})
 		}
 		reqs = append(reqs,
-			req{app: app, method: "GET", path: "/debug/pprof/cmdline", want: 401},
-			req{app: app, method: "GET", path: "/debug/pprof/cmdline", auth: adminToken, want: 200})
+			req{app: app, method: "GET", path: "/debug/pprof/heap", want: 401},
+			req{app: app, method: "GET", path: "/debug/pprof/heap?debug=1", auth: adminToken, want: 200})
 	}
 	seen := map[string]bool{}
 	for _, r := range reqs {
@@ -242,6 +262,11 @@ func TestRealResponsesMatchTheDocument(t *testing.T) {
 		}
 		if r.want == 304 {
 			hreq.Header.Set("If-None-Match", etag)
+		}
+		for k, vs := range r.header {
+			for _, v := range vs {
+				hreq.Header.Add(k, v)
+			}
 		}
 		hreq.URL.Scheme, hreq.URL.Host, hreq.RequestURI = "http", urls[r.app], ""
 		resp, err := http.DefaultClient.Do(hreq)

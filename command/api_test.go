@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -213,9 +214,18 @@ func TestAuth(t *testing.T) {
 					b = `{"events":[` + body + `]}`
 				}
 				nothingStored(t, e, user, func() {
-					p := e.do(req{path: path, body: b, auth: h}).problem(t, http.StatusUnauthorized)
-					if p.Type != "urn:keepwatch:problem:unauthorized" {
+					r := e.do(req{path: path, body: b, auth: h})
+					if p := r.problem(t, http.StatusUnauthorized); p.Type != "urn:keepwatch:problem:unauthorized" {
 						t.Errorf("type %q", p.Type)
+					}
+					// RFC 6750 3: the scheme always, the error only to a
+					// request that sent a bearer token.
+					want := "Bearer"
+					if strings.HasPrefix(strings.ToLower(h), "bearer ") && len(h) > len("bearer ") {
+						want = `Bearer error="invalid_token"`
+					}
+					if got := r.header.Get("WWW-Authenticate"); got != want {
+						t.Errorf("WWW-Authenticate %q, want %q", got, want)
 					}
 				})
 			}
@@ -284,7 +294,7 @@ func TestMalformedBody(t *testing.T) {
 
 func TestBodyLimit(t *testing.T) {
 	const limit = 256
-	e := newEnv(t, func(s *setup) { s.cfg.BodyLimit = limit })
+	e := newEnv(t, func(s *setup) { s.edge.BodyLimit = limit })
 	e.listen()
 	pad := func(n int) string {
 		b := `{"video_id":"v","percent":1,"pad":"`
@@ -461,6 +471,16 @@ func TestDeleteProgress(t *testing.T) {
 		want := keepwatch.State{EventTime: e.clock.millis(), Kind: keepwatch.KindDeleted, Position: unknown, Duration: unknown}
 		if got != want {
 			t.Fatalf("stored %+v, want %+v", got, want)
+		}
+	})
+	t.Run("the video id is percent-decoded", func(t *testing.T) {
+		// What encodeURIComponent("ep:1") sends.
+		user := e.user("u")
+		e.post(user, "/v1/progress", `{"video_id":"ep:1","percent":30}`).accepted(t)
+		e.clock.add(time.Second)
+		e.do(req{method: http.MethodDelete, path: "/v1/progress/ep%3A1", auth: "Bearer " + token(t, user)}).accepted(t)
+		if got := e.pending(user); len(got) != 1 || got["ep:1"].Kind != keepwatch.KindDeleted {
+			t.Fatalf("stored %+v, want ep:1 removed", got)
 		}
 	})
 	invalid := []struct {
@@ -741,7 +761,7 @@ func fieldNames(fs []keepwatch.FieldError) []string {
 }
 
 func TestRateLimit(t *testing.T) {
-	e := newEnv(t, func(s *setup) { s.cfg.RateLimit, s.cfg.RateBurst = 1, 3 })
+	e := newEnv(t, func(s *setup) { s.edge.Rate.Limit, s.edge.Rate.Burst = 1, 3 })
 	busy, calm := e.user("busy"), e.user("calm")
 	for i := range 3 {
 		e.post(busy, "/v1/progress", `{"video_id":"v","percent":`+strconv.Itoa(i+1)+`}`).accepted(t)
@@ -850,7 +870,9 @@ func TestRedisDown(t *testing.T) {
 	}
 	e.do(req{method: http.MethodDelete, path: "/v1/progress/v", auth: "Bearer " + token(t, user)}).
 		problem(t, http.StatusServiceUnavailable)
-	e.do(req{method: http.MethodGet, path: "/readyz"}).problem(t, http.StatusServiceUnavailable)
+	if r := e.do(req{method: http.MethodGet, path: "/readyz"}); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("readyz %d while redis is down, want 503", r.status)
+	}
 	if r := e.do(req{method: http.MethodGet, path: "/healthz"}); r.status != http.StatusOK {
 		t.Fatalf("healthz %d while redis is down", r.status)
 	}
@@ -869,7 +891,7 @@ func TestRedisDown(t *testing.T) {
 }
 
 func TestMetricsCountEvents(t *testing.T) {
-	e := newEnv(t, func(s *setup) { s.cfg.RateLimit, s.cfg.RateBurst = 1, 1; s.cfg.BodyLimit = 512 })
+	e := newEnv(t, func(s *setup) { s.edge.Rate.Limit, s.edge.Rate.Burst = 1, 1; s.edge.BodyLimit = 512 })
 	e.listen()
 	u := func() string { return e.user("u") }
 	e.post(u(), "/v1/progress", `{"video_id":"v","percent":1}`).accepted(t)
@@ -894,15 +916,15 @@ func TestMetricsCountEvents(t *testing.T) {
 	}
 	text := string(r.body)
 	want := map[string]string{
-		`keepwatch_events_accepted_total`:                                                                  "6",
-		`keepwatch_events_rejected_total{reason="invalid"}`:                                                "2",
-		`keepwatch_events_rejected_total{reason="malformed"}`:                                              "2",
-		`keepwatch_events_rejected_total{reason="unauthorized"}`:                                           "1",
-		`keepwatch_events_rejected_total{reason="unsupported_media_type"}`:                                 "1",
-		`keepwatch_events_rejected_total{reason="too_large"}`:                                              "1",
-		`keepwatch_events_rejected_total{reason="rate_limited"}`:                                           "1",
-		`keepwatch_events_rejected_total{reason="unavailable"}`:                                            "0",
-		`keepwatch_events_rejected_total{reason="buffer_full"}`:                                            "0",
+		`keepwatch_events_accepted_total{service="command"}`:                                               "6",
+		`keepwatch_events_rejected_total{reason="invalid",service="command"}`:                              "2",
+		`keepwatch_events_rejected_total{reason="malformed",service="command"}`:                            "2",
+		`keepwatch_events_rejected_total{reason="unauthorized",service="command"}`:                         "1",
+		`keepwatch_events_rejected_total{reason="unsupported_media_type",service="command"}`:               "1",
+		`keepwatch_events_rejected_total{reason="too_large",service="command"}`:                            "1",
+		`keepwatch_events_rejected_total{reason="rate_limited",service="command"}`:                         "1",
+		`keepwatch_events_rejected_total{reason="unavailable",service="command"}`:                          "0",
+		`keepwatch_events_rejected_total{reason="buffer_full",service="command"}`:                          "0",
 		`keepwatch_http_request_duration_seconds_count{code="202",route="/v1/progress",service="command"}`: "3",
 	}
 	for series, v := range want {
@@ -936,8 +958,47 @@ func TestHealthAndUnknownRoutes(t *testing.T) {
 		t.Fatalf("readyz %d", r.status)
 	}
 	e.do(req{method: http.MethodGet, path: "/v1/nothing"}).problem(t, http.StatusNotFound)
-	e.svc.Drain()
-	e.do(req{method: http.MethodGet, path: "/readyz"}).problem(t, http.StatusServiceUnavailable)
+	// A known path with another method is 405 with the methods it has
+	// (DELETE /v1/progress/batch removes a video named "batch").
+	for path, allow := range map[string]string{"/v1/progress": "POST", "/v1/progress/batch": "POST, DELETE", "/v1/progress/v": "DELETE"} {
+		for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodPatch} {
+			r := e.do(req{method: method, path: path, auth: "Bearer " + token(t, "u")})
+			if p := r.problem(t, http.StatusMethodNotAllowed); p.Type != "urn:keepwatch:problem:method_not_allowed" {
+				t.Errorf("%s %s: type %q", method, path, p.Type)
+			}
+			if got := r.header.Get("Allow"); got != allow {
+				t.Errorf("%s %s: Allow %q, want %q", method, path, got, allow)
+			}
+		}
+	}
+	e.shell.Drain()
+	if r := e.do(req{method: http.MethodGet, path: "/readyz"}); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("readyz %d while draining, want 503", r.status)
+	}
+}
+
+// TestTwoAuthorizationHeadersAreRefused: a proxy and keepwatch could each
+// read another of two Authorization headers; such a request is 400 and
+// stores nothing.
+func TestTwoAuthorizationHeadersAreRefused(t *testing.T) {
+	e := newEnv(t)
+	user, other := e.user("u"), e.user("other")
+	nothingStored(t, e, user, func() {
+		hr := httptest.NewRequest(http.MethodPost, "/v1/progress", strings.NewReader(`{"video_id":"v","percent":1}`))
+		hr.Header.Set("Content-Type", "application/json")
+		hr.Header.Add("Authorization", "Bearer "+token(t, user))
+		hr.Header.Add("Authorization", "Bearer "+token(t, other))
+		res, err := e.shell.App().Test(hr, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		resp{status: res.StatusCode, header: res.Header, body: b}.problem(t, http.StatusBadRequest)
+	})
+	if len(e.pending(other)) != 0 {
+		t.Fatal("stored for the second header's user")
+	}
 }
 
 // TestInvalidJSONInIgnoredFieldIsMalformed guards the 400 for bodies that are
@@ -1004,9 +1065,10 @@ func TestBatchRepeatingOneNewVideoFitsUnderHighWater(t *testing.T) {
 }
 
 // TestPprofNeedsTheAdminToken: the profiler is served only with
-// --admin-token set, and only to a request bearing exactly that token.
+// --admin-token set, and only to a request bearing exactly that token; the
+// command line, which may hold secrets, not even then.
 func TestPprofNeedsTheAdminToken(t *testing.T) {
-	e := newEnv(t, func(s *setup) { s.cfg.AdminToken = "adm1n" })
+	e := newEnv(t, func(s *setup) { s.edge.AdminToken = "adm1n" })
 	for name, tc := range map[string]struct {
 		auth string
 		want int
@@ -1018,14 +1080,17 @@ func TestPprofNeedsTheAdminToken(t *testing.T) {
 		"admin token":      {"Bearer adm1n", http.StatusOK},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := e.do(req{method: http.MethodGet, path: "/debug/pprof/cmdline", auth: tc.auth})
+			r := e.do(req{method: http.MethodGet, path: "/debug/pprof/heap", auth: tc.auth})
 			if r.status != tc.want {
 				t.Fatalf("status %d, want %d", r.status, tc.want)
 			}
 		})
 	}
+	if r := e.do(req{method: http.MethodGet, path: "/debug/pprof/cmdline", auth: "Bearer adm1n"}); r.status != http.StatusNotFound {
+		t.Fatalf("cmdline with the admin token: status %d, want 404", r.status)
+	}
 	off := newEnv(t)
-	if r := off.do(req{method: http.MethodGet, path: "/debug/pprof/cmdline", auth: "Bearer "}); r.status != http.StatusNotFound {
+	if r := off.do(req{method: http.MethodGet, path: "/debug/pprof/heap", auth: "Bearer "}); r.status != http.StatusNotFound {
 		t.Fatalf("without --admin-token: status %d, want 404", r.status)
 	}
 }

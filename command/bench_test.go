@@ -10,11 +10,12 @@ import (
 // benchBody is the body DESIGN.md shows, as a player sends it.
 var benchBody = []byte(`{"video_id":"tt0111161:s01e02","percent":42.5,"position":1234.5,"duration":2700,"ts":1732240000000,"sent_at":1732240000350}`)
 
-// benchPost drives POST /v1/progress through the app's fasthttp handler, with
-// no connection or HTTP parsing in between: each goroutine is one player
+// benchPost drives POST /v1/progress through the server's fasthttp handler
+// (the edge's framing check included), with no connection or HTTP parsing in
+// between: each goroutine is one player
 // (its own user and token) reusing one request, as a player does.
 func benchPost(b *testing.B, e *env) {
-	h := e.svc.App().Handler()
+	h := e.shell.Handler()
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -22,6 +21,7 @@ import (
 	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
@@ -53,6 +53,7 @@ type env struct {
 	t     testing.TB
 	redis *testenv.Redis
 	buf   *redisbuf.Buffer
+	shell *edge.Shell
 	svc   *command.Service
 	reg   *prometheus.Registry
 	clock *clock
@@ -65,17 +66,13 @@ type env struct {
 // limit as an error of the call instead of returning the answer it wrote.
 func (e *env) listen() {
 	e.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { _ = e.svc.App().Listener(ln) }()
-	e.base = "http://" + ln.Addr().String()
+	e.base = "http://" + testenv.ServeLocal(e.t, e.shell)
 }
 
 // setup configures an env before it is built.
 type setup struct {
 	cfg    command.Config
+	edge   edge.Config
 	opts   redisbuf.Options
 	client redis.Options // Addr is filled in
 	auth   auth.Options
@@ -86,9 +83,9 @@ type setup struct {
 // frozen clock.
 func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	t.Helper()
-	s := setup{cfg: command.DefaultConfig(), opts: redisbuf.Options{Shards: 4},
+	s := setup{cfg: command.DefaultConfig(), edge: command.DefaultEdge(), opts: redisbuf.Options{Shards: 4},
 		auth: auth.Options{Secrets: []string{secretNew, secretOld}, CacheSize: 1024, Leeway: auth.DefaultLeeway}}
-	s.cfg.RateLimit = 0
+	s.edge.Rate.Limit = 0
 	for _, m := range mods {
 		m(&s)
 	}
@@ -104,19 +101,26 @@ func newEnv(t testing.TB, mods ...func(*setup)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As cmd/keepwatch does: the service label comes from the registerer.
 	reg := prometheus.NewRegistry()
+	sreg := prometheus.WrapRegistererWith(prometheus.Labels{"service": "command"}, reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := command.New(s.cfg, buf, v, reg, reg, log)
+	shell, err := edge.New(s.edge, edge.Deps{Verifier: v, Ready: buf.Ping, Registerer: sreg, Gatherer: reg, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := command.New(s.cfg, shell, buf, sreg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = svc.Shutdown(ctx)
+		_ = shell.Shutdown(ctx)
+		svc.Close()
 	})
-	e := &env{t: t, redis: r, buf: buf, svc: svc, reg: reg, clock: newClock(start)}
-	svc.SetClock(e.clock.now)
+	e := &env{t: t, redis: r, buf: buf, shell: shell, svc: svc, reg: reg, clock: newClock(start)}
+	shell.SetClock(e.clock.now)
 	return e
 }
 
@@ -194,7 +198,7 @@ func (e *env) try(r req) (resp, error) {
 		hr.Host = hr.URL.Host
 		res, err = http.DefaultClient.Do(hr)
 	} else {
-		res, err = e.svc.App().Test(hr, -1)
+		res, err = e.shell.App().Test(hr, -1)
 	}
 	if err != nil {
 		return resp{}, fmt.Errorf("%s %s: %w", r.method, r.path, err)

@@ -143,6 +143,37 @@ func TestProductionBinaryHasNoDevStack(t *testing.T) {
 	}
 }
 
+// TestDockerfileStampsTheBuild builds the binary with the Dockerfile's flags,
+// its VERSION and REVISION build arguments set, and checks that `keepwatch
+// --version` reports them: the build context has no .git to read them from.
+func TestDockerfileStampsTheBuild(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arg := range []string{"ARG VERSION", "ARG REVISION"} {
+		if !strings.Contains(string(b), "\n"+arg+"\n") {
+			t.Errorf("the Dockerfile does not declare %s", arg)
+		}
+	}
+	args := strings.NewReplacer("${VERSION}", "4.5.6-test", "${REVISION}", "cafe0123")
+	var flags []string
+	for _, f := range dockerBuildFlags(t) {
+		flags = append(flags, args.Replace(f))
+	}
+	bin := filepath.Join(t.TempDir(), "keepwatch")
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/keepwatch")...)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %v: %v\n%s", flags, err, out)
+	}
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "keepwatch version 4.5.6-test, revision cafe0123, go") {
+		t.Fatalf("keepwatch --version of the image's build: %v\n%s", err, out)
+	}
+}
+
 // shellWords splits a shell line into words as sh does for the simple forms a
 // Dockerfile RUN uses here: blanks separate words, double quotes group and
 // are removed.

@@ -27,7 +27,7 @@ func BenchmarkKeepWatching(b *testing.B) {
 	e.pend("alice", "video-20", deleted(base+101*60_000))
 	e.pend("alice", "brand-new", at(base+102*60_000, 1))
 
-	h := e.app.Handler()
+	h := e.shell.Handler()
 	var rc fasthttp.RequestCtx
 	rc.Request.Header.SetMethod(fasthttp.MethodGet)
 	rc.Request.SetRequestURI("/v1/keep-watching")

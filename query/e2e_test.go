@@ -14,6 +14,7 @@ import (
 
 	"github.com/keepwatch/keepwatch/command"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 )
 
 // TestPostThenQuery is the newcomer's path: progress POSTed to the command
@@ -25,20 +26,25 @@ func TestPostThenQuery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := command.DefaultConfig()
-	cfg.RateLimit = 0
+	ecfg := command.DefaultEdge()
+	ecfg.Rate.Limit = 0
 	reg := prometheus.NewRegistry()
-	cmd, err := command.New(cfg, e.buf, verifier, reg, reg, slog.New(slog.DiscardHandler))
+	log := slog.New(slog.DiscardHandler)
+	shell, err := edge.New(ecfg, edge.Deps{Verifier: verifier, Ready: e.buf.Ping, Registerer: reg, Gatherer: reg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Shutdown(context.Background()) })
+	cmd, err := command.New(command.DefaultConfig(), shell, e.buf, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = shell.Shutdown(context.Background()); cmd.Close() })
 	post := func(body string) {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodPost, "/v1/progress", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+token(t, "alice"))
-		resp, err := cmd.App().Test(req, 10_000)
+		resp, err := shell.App().Test(req, 10_000)
 		if err != nil {
 			t.Fatal(err)
 		}

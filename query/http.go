@@ -2,36 +2,20 @@ package query
 
 import (
 	"bytes"
-	"context"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
-	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/adaptor"
-	"github.com/gofiber/fiber/v2/middleware/cors"
-	"github.com/gofiber/fiber/v2/middleware/pprof"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keepwatch/keepwatch"
-	"github.com/keepwatch/keepwatch/internal/problem"
-)
-
-// Routes, as they label the latency histogram.
-const (
-	routeKeepWatching  = "/v1/keep-watching"
-	routeProgressBatch = "/v1/progress"
-	routeProgressOne   = "/v1/progress/:video_id"
+	"github.com/keepwatch/keepwatch/internal/edge"
 )
 
 // Limits of the API.
@@ -44,22 +28,10 @@ const (
 	MaxVideoIDs = 100
 )
 
-// readyTimeout bounds the MongoDB ping of /readyz.
-const readyTimeout = 2 * time.Second
-
 // OverlayHeader is set to "unavailable" when the answer is MongoDB's alone
 // because the Redis buffer could not be read: it may miss progress posted in
 // the last flush interval.
 const OverlayHeader = "X-Keepwatch-Overlay"
-
-// Defaults of the connection bounds, for a Config field left 0 and for the
-// flags of `keepwatch query`.
-const (
-	DefaultReadTimeout  = 10 * time.Second
-	DefaultWriteTimeout = 10 * time.Second
-	DefaultIdleTimeout  = 2 * time.Minute
-	DefaultMaxConns     = 50_000
-)
 
 // Config configures the query service.
 type Config struct {
@@ -71,27 +43,30 @@ type Config struct {
 	Overlay bool
 	// OverlayTimeout bounds the Redis read of an answer; 250ms when 0.
 	OverlayTimeout time.Duration
-	// ReadTimeout and WriteTimeout bound reading one request and writing its
-	// answer; IdleTimeout bounds a keep-alive connection's wait for its next
-	// request. MaxConns bounds open client connections; past it a new
-	// connection gets 503. Each is its Default constant when 0.
-	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
-	MaxConns                               int
-	// CORSOrigins lists the origins (scheme://host[:port]) browsers may call
-	// the API from; empty turns CORS off.
-	CORSOrigins []string
-	// AdminToken guards /debug/pprof (Authorization: Bearer <token>); empty
-	// turns pprof off.
-	AdminToken string
-	// OpenAPI is served at /openapi.json when set.
-	OpenAPI []byte
-	// Registerer receives the service's metrics; Gatherer serves /metrics
-	// (nothing is served when nil). Tests and keepwatch dev pass one registry
-	// as both.
-	Registerer prometheus.Registerer
-	Gatherer   prometheus.Gatherer
-	// Logger logs what an operator must see (never a line per request).
-	Logger *slog.Logger
+}
+
+// DefaultEdge returns the documented defaults of the query API's HTTP edge.
+func DefaultEdge() edge.Config {
+	return edge.Config{
+		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxConns: 50_000,
+		// GET /v1/progress?video_ids= with MaxVideoIDs ids of the longest
+		// (128 characters) is 13 KB, about 13.2 with the commas percent-
+		// encoded; browsers add a few KB of headers.
+		MaxHeaderBytes: 32 << 10,
+		// Only GET requests: nothing to read.
+		BodyLimit: 4 << 10,
+		// A frontend's page load is a keep-watching row and a progress
+		// lookup per row of thumbnails, or one GET per thumbnail: a page
+		// of 50 fits in the burst, a user scrolling on in the rate.
+		Rate: edge.RateConfig{Limit: 5, Burst: 60, Users: 1_000_000},
+		CORS: edge.CORS{
+			Methods: "GET,HEAD",
+			Headers: "Authorization,If-None-Match",
+			Expose:  "ETag," + OverlayHeader + ",Retry-After",
+		},
+		Grace: 15 * time.Second,
+	}
 }
 
 // Deps are what the service reads from.
@@ -100,28 +75,22 @@ type Deps struct {
 	Store Store
 	// Pending is the Redis buffer; used when Config.Overlay is set.
 	Pending Pending
-	// Verifier authenticates bearer tokens; required.
-	Verifier Verifier
-	// Ready reports whether the service can answer (MongoDB pings); /readyz
-	// calls it. Redis is not required: without it answers come from MongoDB.
-	Ready func(context.Context) error
 }
 
-// Server is the query service's HTTP API.
+// Server is the query service's routes.
 type Server struct {
-	cfg      Config
-	deps     Deps
-	reader   *reader
-	metrics  *metrics
-	app      *fiber.App
-	draining atomic.Bool
+	shell   *edge.Shell
+	reader  *reader
+	metrics *metrics
 }
 
-// New builds the query service. It does not listen: serve App() with
-// Listener, or call App().Test in tests.
-func New(cfg Config, deps Deps) (*Server, error) {
-	if deps.Store == nil || deps.Verifier == nil || deps.Ready == nil {
-		return nil, errors.New("query service: Store, Verifier and Ready are required")
+var errTooFast = &keepwatch.Error{Code: keepwatch.ERATELIMITED, RetryAfter: 1,
+	Message: "too many requests for this user; a page of thumbnails needs one GET /v1/progress?video_ids= per row"}
+
+// New adds the query API's routes to shell, registering its metrics on reg.
+func New(cfg Config, shell *edge.Shell, deps Deps, reg prometheus.Registerer) (*Server, error) {
+	if shell == nil || deps.Store == nil || reg == nil {
+		return nil, errors.New("query service: shell, Store and registerer are required")
 	}
 	if cfg.Overlay && deps.Pending == nil {
 		return nil, errors.New("query service: the overlay needs Pending")
@@ -135,176 +104,32 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.OverlayTimeout <= 0 {
 		cfg.OverlayTimeout = 250 * time.Millisecond
 	}
-	for _, d := range []struct {
-		t   *time.Duration
-		def time.Duration
-	}{{&cfg.ReadTimeout, DefaultReadTimeout}, {&cfg.WriteTimeout, DefaultWriteTimeout}, {&cfg.IdleTimeout, DefaultIdleTimeout}} {
-		if *d.t <= 0 {
-			*d.t = d.def
-		}
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	for _, o := range cfg.CORSOrigins {
-		if err := checkOrigin(o); err != nil {
-			return nil, fmt.Errorf("query service: %w", err)
-		}
-	}
-	s := &Server{cfg: cfg, deps: deps, metrics: newMetrics(cfg.Registerer)}
+	s := &Server{shell: shell, metrics: newMetrics(reg)}
 	pending := deps.Pending
 	if !cfg.Overlay {
 		pending = nil
 	}
 	s.reader = &reader{store: deps.Store, pending: pending, threshold: cfg.FinishedThreshold,
 		overlayTimeout: cfg.OverlayTimeout, metrics: s.metrics}
-	s.app = s.routes()
-	s.metrics.ready.Set(1)
+	shell.Handle(fiber.MethodGet, "/v1/keep-watching", fiber.StatusOK, s.authed(s.getKeepWatching))
+	shell.Handle(fiber.MethodGet, "/v1/progress", fiber.StatusOK, s.authed(s.getProgressBatch))
+	shell.Handle(fiber.MethodGet, "/v1/progress/:video_id", fiber.StatusOK, s.authed(s.getProgressOne))
 	return s, nil
 }
 
-// App is the service's fiber app.
-func (s *Server) App() *fiber.App { return s.app }
-
-// Drain turns /readyz to 503 so load balancers stop sending traffic, before a
-// graceful shutdown.
-func (s *Server) Drain() {
-	s.draining.Store(true)
-	s.metrics.ready.Set(0)
-}
-
-// Shutdown stops accepting connections and waits, until ctx ends, for the
-// requests in flight to be answered.
-func (s *Server) Shutdown(ctx context.Context) error {
-	if err := s.app.ShutdownWithContext(ctx); err != nil {
-		return fmt.Errorf("shut down the query API: %w", err)
-	}
-	return nil
-}
-
-// checkOrigin accepts what a browser sends as Origin: scheme://host[:port].
-func checkOrigin(o string) error {
-	u, err := url.Parse(o)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return fmt.Errorf("CORS origin %q: want scheme://host[:port]", o)
-	}
-	return nil
-}
-
-func (s *Server) routes() *fiber.App {
-	app := fiber.New(fiber.Config{
-		AppName:               "keepwatch query",
-		DisableStartupMessage: true,
-		ErrorHandler:          problem.ErrorHandler,
-		ReadTimeout:           s.cfg.ReadTimeout,
-		WriteTimeout:          s.cfg.WriteTimeout,
-		IdleTimeout:           s.cfg.IdleTimeout,
-		Concurrency:           s.cfg.MaxConns,
-		// Only GET requests: nothing to read.
-		BodyLimit: 4 << 10,
-	})
-	app.Use(s.measure)
-	if len(s.cfg.CORSOrigins) > 0 {
-		app.Use(cors.New(cors.Config{
-			AllowOrigins:  strings.Join(s.cfg.CORSOrigins, ","),
-			AllowMethods:  "GET,HEAD",
-			AllowHeaders:  "Authorization,If-None-Match",
-			ExposeHeaders: "ETag," + OverlayHeader + ",Retry-After",
-			MaxAge:        600,
-		}))
-	}
-	app.Get(routeKeepWatching, s.authed(s.getKeepWatching))
-	app.Get(routeProgressBatch, s.authed(s.getProgressBatch))
-	app.Get(routeProgressOne, s.authed(s.getProgressOne))
-
-	app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	app.Get("/readyz", s.readyz)
-	if s.cfg.Gatherer != nil {
-		app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})))
-	}
-	if s.cfg.OpenAPI != nil {
-		app.Get("/openapi.json", func(c *fiber.Ctx) error {
-			c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-			return c.Send(s.cfg.OpenAPI)
-		})
-	}
-	if s.cfg.AdminToken != "" {
-		app.Use("/debug/pprof", s.admin, pprof.New())
-	}
-	return app
-}
-
-// measure records every request's latency by route and status. Errors are
-// written here (not after the middleware returns) so the status is known.
-func (s *Server) measure(c *fiber.Ctx) error {
-	start := time.Now()
-	if err := c.Next(); err != nil {
-		if err := problem.ErrorHandler(c, err); err != nil {
-			_ = c.SendStatus(fiber.StatusInternalServerError)
-		}
-	}
-	route := c.Route().Path
-	switch route {
-	case routeKeepWatching, routeProgressBatch, routeProgressOne, "/healthz", "/readyz", "/metrics", "/openapi.json":
-	default:
-		// Unknown paths must not grow the label set.
-		route = "other"
-	}
-	s.metrics.duration.WithLabelValues(route, strconv.Itoa(c.Response().StatusCode())).Observe(time.Since(start).Seconds())
-	return nil
-}
-
-func (s *Server) readyz(c *fiber.Ctx) error {
-	if s.draining.Load() {
-		return c.Status(fiber.StatusServiceUnavailable).SendString("shutting down\n")
-	}
-	// A probe must get an answer before its own timeout, whatever MongoDB's.
-	ctx, cancel := context.WithTimeout(c.UserContext(), readyTimeout)
-	defer cancel()
-	if err := s.deps.Ready(ctx); err != nil {
-		s.metrics.ready.Set(0)
-		return c.Status(fiber.StatusServiceUnavailable).SendString("mongodb unreachable\n")
-	}
-	s.metrics.ready.Set(1)
-	return c.SendString("ok\n")
-}
-
-func (s *Server) admin(c *fiber.Ctx) error {
-	tok, ok := bearer(c)
-	if !ok || subtle.ConstantTimeCompare(tok, []byte(s.cfg.AdminToken)) != 1 {
-		return keepwatch.Errorf(keepwatch.EUNAUTHORIZED, "the admin token is required")
-	}
-	return c.Next()
-}
-
-// bearer returns the token of an "Authorization: Bearer <token>" header.
-func bearer(c *fiber.Ctx) ([]byte, bool) {
-	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
-	const prefix = "bearer "
-	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
-		return nil, false
-	}
-	return bytes.TrimSpace(h[len(prefix):]), true
-}
-
-// authed authenticates the request and hands the user to h. The user comes
-// from the token only, never from the request, so nobody reads another
-// user's progress.
-func (s *Server) authed(h func(c *fiber.Ctx, userID string) error) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		tok, ok := bearer(c)
-		if !ok {
-			return keepwatch.Errorf(keepwatch.EUNAUTHORIZED, "an Authorization: Bearer token is required")
-		}
-		user, err := s.deps.Verifier.Verify(tok)
+// authed authenticates and rate-limits the request and hands the user to h.
+// The user comes from the token only, never from the request, so nobody
+// reads another user's progress.
+func (s *Server) authed(h func(c *fiber.Ctx, userID string) error) edge.Handler {
+	return func(c *fiber.Ctx, recv time.Time) error {
+		user, b, err := s.shell.User(c, recv)
 		if err != nil {
 			return err
+		}
+		// Every answer reads MongoDB: one token must not make it scan in
+		// a loop.
+		if !s.shell.Allow(b, recv) {
+			return errTooFast
 		}
 		return h(c, user)
 	}
@@ -352,7 +177,7 @@ func (s *Server) getProgressBatch(c *fiber.Ctx, userID string) error {
 }
 
 func (s *Server) getProgressOne(c *fiber.Ctx, userID string) error {
-	id := c.Params("video_id")
+	id := edge.Param(c, "video_id")
 	if !keepwatch.ValidVideoID([]byte(id)) {
 		return invalid("video_id", fmt.Sprintf("must be 1–%d characters of [A-Za-z0-9._:-]", keepwatch.MaxVideoIDLen))
 	}

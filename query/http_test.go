@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,9 +12,11 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/keepwatch/keepwatch"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/migrations"
 	"github.com/keepwatch/keepwatch/query"
@@ -86,7 +89,7 @@ type problem struct {
 }
 
 func TestKeepWatchingThreshold(t *testing.T) {
-	e := newEnv(t, func(c *query.Config) { c.FinishedThreshold = 80 })
+	e := newEnv(t, func(s *setup) { s.cfg.FinishedThreshold = 80 })
 	e.stored("alice", "a", at(base+1, 79.999))
 	e.stored("alice", "b", at(base+2, 80))
 	e.pend("alice", "c", at(base+3, 85))
@@ -233,6 +236,13 @@ func TestProgress(t *testing.T) {
 			t.Fatalf("got %+v", got)
 		}
 	})
+	t.Run("one, percent-encoded as a browser sends it", func(t *testing.T) {
+		e.stored("alice", "ep:1", at(base+8, 20))
+		got := decode[item](t, e.get("alice", "/v1/progress/ep%3A1"), 200)
+		if got.VideoID != "ep:1" || got.Percent != 20 {
+			t.Fatalf("got %+v", got)
+		}
+	})
 	for _, v := range []string{"nope", "a", "gone", "secret", "secret2"} {
 		t.Run("404 "+v, func(t *testing.T) {
 			resp := e.get("alice", "/v1/progress/"+v)
@@ -294,8 +304,103 @@ func TestAuth(t *testing.T) {
 				if resp.StatusCode != 401 || strings.Contains(string(body), `"a"`) {
 					t.Fatalf("status %d: %s", resp.StatusCode, body)
 				}
+				want := "Bearer"
+				if strings.HasPrefix(h, "Bearer ") {
+					want = `Bearer error="invalid_token"`
+				}
+				if got := resp.Header.Get("WWW-Authenticate"); got != want {
+					t.Fatalf("WWW-Authenticate %q, want %q", got, want)
+				}
 			})
 		}
+	}
+}
+
+// TestLongestBatchFitsTheHeaderLimit guards the documented batch: 100 video
+// ids of up to 128 characters in the query string. 100 UUIDs used to overflow
+// fasthttp's 4 KiB read buffer and get 400 "malformed"; now they fit, the
+// longest ids too, and past --max-header-bytes the answer is 431 with
+// problem details.
+func TestLongestBatchFitsTheHeaderLimit(t *testing.T) {
+	e := newEnv(t)
+	addr := e.listen()
+	uuids, longest := make([]string, query.MaxVideoIDs), make([]string, query.MaxVideoIDs)
+	for i := range uuids {
+		uuids[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
+		longest[i] = fmt.Sprintf("%03d", i) + strings.Repeat("v", keepwatch.MaxVideoIDLen-3)
+	}
+	e.stored("alice", uuids[7], at(base+1, 7))
+	e.stored("alice", longest[99], at(base+1, 99))
+	for name, ids := range map[string][]string{"100 UUIDs": uuids, "100 ids of 128 characters": longest} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/progress?video_ids="+strings.Join(ids, ","), nil)
+			req.Header.Set("Authorization", "Bearer "+token(t, "alice"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := decode[items](t, resp, 200); len(got.Items) != 1 {
+				t.Fatalf("items %+v", got)
+			}
+		})
+	}
+	t.Run("past the limit", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/progress?video_ids=a", nil)
+		req.Header.Set("Authorization", "Bearer "+token(t, "alice"))
+		req.Header.Set("X-Padding", strings.Repeat("p", query.DefaultEdge().MaxHeaderBytes))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if p := decode[problem](t, resp, http.StatusRequestHeaderFieldsTooLarge); p.Type != "urn:keepwatch:problem:headers_too_large" ||
+			resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Fatalf("problem %+v", p)
+		}
+	})
+}
+
+// TestRateLimit: the query API has its own per-user rate limit, so one token
+// cannot make it read MongoDB in a loop; past the burst the answer is 429
+// with Retry-After, for that user only.
+func TestRateLimit(t *testing.T) {
+	e := newEnv(t, func(s *setup) { s.edge.Rate.Limit, s.edge.Rate.Burst = 0.01, 3 })
+	for i := range 3 {
+		if resp := e.get("alice", "/v1/keep-watching"); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i+1, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/v1/keep-watching", "/v1/progress?video_ids=a", "/v1/progress/a"} {
+		resp := e.get("alice", path)
+		p := decode[problem](t, resp, http.StatusTooManyRequests)
+		if p.Type != "urn:keepwatch:problem:rate_limited" || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("%s: %+v, Retry-After %q", path, p, resp.Header.Get("Retry-After"))
+		}
+	}
+	if resp := e.get("bob", "/v1/keep-watching"); resp.StatusCode != 200 {
+		t.Fatalf("another user: %d", resp.StatusCode)
+	}
+}
+
+// TestMethodNotAllowedAndUnknownPaths: a known path with another method is
+// 405 with Allow; an unknown path is 404, counted under the route "other".
+func TestMethodNotAllowedAndUnknownPaths(t *testing.T) {
+	e := newEnv(t)
+	for _, path := range []string{"/v1/keep-watching", "/v1/progress", "/v1/progress/a"} {
+		req := httptest.NewRequest(http.MethodPost, path, nil)
+		req.Header.Set("Authorization", "Bearer "+token(t, "alice"))
+		resp, err := e.app.Test(req, 10_000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := decode[problem](t, resp, http.StatusMethodNotAllowed); p.Type != "urn:keepwatch:problem:method_not_allowed" || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Fatalf("POST %s: %+v, Allow %q", path, p, resp.Header.Get("Allow"))
+		}
+	}
+	decode[problem](t, e.get("alice", "/v1/nothing/here"), 404)
+	if m := metrics(t, e); !strings.Contains(m, `keepwatch_http_request_duration_seconds_count{code="404",route="other",service="query"} 1`) {
+		t.Fatalf("the 404 is not counted under route other:\n%s", m)
 	}
 }
 
@@ -332,7 +437,7 @@ func TestETag(t *testing.T) {
 			t.Fatalf("status %d, ETag %q unchanged", resp.StatusCode, resp.Header.Get("ETag"))
 		}
 	})
-	if !strings.Contains(metrics(t, e), "keepwatch_query_not_modified_total 12") {
+	if !strings.Contains(metrics(t, e), `keepwatch_query_not_modified_total{service="query"} 12`) {
 		t.Fatalf("not-modified count missing:\n%s", metrics(t, e))
 	}
 }
@@ -369,7 +474,7 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("readyz without Redis: %d", resp.StatusCode)
 	}
 	m := metrics(t, e)
-	for _, want := range []string{"keepwatch_query_overlay_errors_total 3", "keepwatch_query_overlay_hits_total 1"} {
+	for _, want := range []string{`keepwatch_query_overlay_errors_total{service="query"} 3`, `keepwatch_query_overlay_hits_total{service="query"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, m)
 		}
@@ -395,8 +500,8 @@ func TestMongoDown(t *testing.T) {
 		t.Fatalf("readyz without MongoDB: %d", resp.StatusCode)
 	}
 	m := metrics(t, e)
-	for _, want := range []string{"keepwatch_query_mongo_errors_total 3", `keepwatch_ready{service="query"} 0`,
-		`keepwatch_http_request_duration_seconds_count{code="503",route="/v1/progress/:video_id",service="query"} 1`} {
+	for _, want := range []string{`keepwatch_query_mongo_errors_total{service="query"} 3`, `keepwatch_ready{service="query"} 0`,
+		`keepwatch_http_request_duration_seconds_count{code="503",route="/v1/progress/{video_id}",service="query"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q:\n%s", want, m)
 		}
@@ -419,7 +524,7 @@ func TestDrain(t *testing.T) {
 	if resp := e.get("", "/readyz"); resp.StatusCode != 200 {
 		t.Fatalf("readyz: %d", resp.StatusCode)
 	}
-	e.srv.Drain()
+	e.shell.Drain()
 	if resp := e.get("", "/readyz"); resp.StatusCode != 503 {
 		t.Fatalf("readyz while draining: %d", resp.StatusCode)
 	}
@@ -452,7 +557,7 @@ func TestCORS(t *testing.T) {
 		}
 	})
 	t.Run("allowed origins", func(t *testing.T) {
-		e := newEnv(t, func(c *query.Config) { c.CORSOrigins = []string{origin, "http://localhost:3000"} })
+		e := newEnv(t, func(s *setup) { s.edge.CORS.Origins = []string{origin, "http://localhost:3000"} })
 		resp := e.get("alice", "/v1/keep-watching", "Origin", origin)
 		if h := resp.Header.Get("Access-Control-Allow-Origin"); h != origin {
 			t.Fatalf("Access-Control-Allow-Origin %q", h)
@@ -471,7 +576,9 @@ func TestCORS(t *testing.T) {
 		}
 	})
 	t.Run("bad origin refused", func(t *testing.T) {
-		_, err := query.New(query.Config{CORSOrigins: []string{"app.example.com"}}, query.Deps{})
+		cfg := query.DefaultEdge()
+		cfg.CORS.Origins = []string{"app.example.com"}
+		_, err := edge.New(cfg, edge.Deps{Ready: func(context.Context) error { return nil }, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
 			t.Fatal("no error")
 		}

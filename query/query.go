@@ -36,12 +36,6 @@ type Pending interface {
 	Pending(ctx context.Context, userID string) ([]keepwatch.Progress, error)
 }
 
-// Verifier authenticates a bearer token and returns its user. Its errors are
-// *keepwatch.Error with code EUNAUTHORIZED.
-type Verifier interface {
-	Verify(token []byte) (userID string, err error)
-}
-
 // reader answers the three questions of the API from a Store and an optional
 // Pending overlay. It knows nothing of HTTP.
 type reader struct {

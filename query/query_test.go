@@ -20,6 +20,7 @@ import (
 
 	"github.com/keepwatch/keepwatch"
 	"github.com/keepwatch/keepwatch/internal/auth"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/internal/testenv"
 	"github.com/keepwatch/keepwatch/migrations"
 	"github.com/keepwatch/keepwatch/query"
@@ -34,6 +35,7 @@ const secret = "query-test-secret"
 type env struct {
 	t      testing.TB
 	app    *fiber.App
+	shell  *edge.Shell
 	srv    *query.Server
 	reg    *prometheus.Registry
 	redis  *testenv.Redis
@@ -43,7 +45,13 @@ type env struct {
 	buf    *redisbuf.Buffer
 }
 
-type envOption func(*query.Config)
+// setup configures an env before it is built.
+type setup struct {
+	cfg  query.Config
+	edge edge.Config
+}
+
+type envOption func(*setup)
 
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
@@ -77,17 +85,31 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := query.Config{Overlay: true, Registerer: e.reg, Gatherer: e.reg}
+	// No rate limit unless a test sets one: tests read as one user in a
+	// loop.
+	s := setup{cfg: query.Config{Overlay: true}, edge: query.DefaultEdge()}
+	s.edge.Rate.Limit = 0
 	for _, o := range opts {
-		o(&cfg)
+		o(&s)
 	}
-	e.srv, err = query.New(cfg, query.Deps{Store: e.reader, Pending: e.buf, Verifier: verifier, Ready: store.Ping})
+	// As cmd/keepwatch does: the service label comes from the registerer.
+	sreg := prometheus.WrapRegistererWith(prometheus.Labels{"service": "query"}, e.reg)
+	e.shell, err = edge.New(s.edge, edge.Deps{Verifier: verifier, Ready: store.Ping, Registerer: sreg, Gatherer: e.reg,
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.app = e.srv.App()
+	e.srv, err = query.New(s.cfg, e.shell, query.Deps{Store: e.reader, Pending: e.buf}, sreg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.app = e.shell.App()
 	return e
 }
+
+// listen serves the service on a local port until the test ends and returns
+// its address, for requests that must cross a real connection.
+func (e *env) listen() string { return testenv.ServeLocal(e.t, e.shell) }
 
 // store writes a progress document of the documented shape, as the flusher does.
 func (e *env) stored(user, video string, st keepwatch.State) {

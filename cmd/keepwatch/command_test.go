@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,7 +97,7 @@ func TestCommandServesThenDrains(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		"keepwatch_events_accepted_total 2\n",
+		`keepwatch_events_accepted_total{service="command"} 2` + "\n",
 		`keepwatch_token_verifications_total{service="command"} 1` + "\n",
 		`keepwatch_token_cache_entries{service="command"} 1` + "\n",
 	} {
@@ -181,13 +180,7 @@ func TestCommandRefusesAnotherShardCount(t *testing.T) {
 // request is still answered 202 (its write acknowledged) and that the process
 // exits 0.
 func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: builds the keepwatch binary with go build to send it a real SIGTERM (slow on a cold cache); CI runs it")
-	}
-	bin := filepath.Join(t.TempDir(), "keepwatch")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "send it a real SIGTERM")
 	r := testenv.StartRedis(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	base := "http://" + addr

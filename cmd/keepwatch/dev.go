@@ -8,10 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/oklog/run"
@@ -25,7 +25,7 @@ type devConfig struct {
 	dataDir       string
 	commandAddr   string
 	queryAddr     string
-	authSecret    string
+	authSecret    secret
 	user          string
 	tokenTTL      time.Duration
 	flushInterval time.Duration
@@ -36,7 +36,7 @@ func (c *devConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", "./keepwatch-data", "where Redis' append-only file, the embedded MongoDB's SQLite files and the dev auth secret live")
 	fs.StringVar(&c.commandAddr, "command-addr", ":8080", "address of the command API")
 	fs.StringVar(&c.queryAddr, "query-addr", ":8081", "address of the query API")
-	fs.StringVar(&c.authSecret, "auth-secret", "", "HS256 secrets, comma-separated (empty: a random one made once and kept in --data-dir)")
+	c.authSecret.register(fs, "auth-secret", "HS256 secrets, comma-separated (empty: a random one made once and kept in --data-dir)")
 	fs.StringVar(&c.user, "user", "dev", "user of the printed development token")
 	fs.DurationVar(&c.tokenTTL, "token-ttl", 30*24*time.Hour, "how long the printed development token is valid")
 	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two drains of the buffer to MongoDB (an entry waits about this long)")
@@ -69,13 +69,16 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	secret := cfg.authSecret
-	if secret == "" {
+	secrets, err := cfg.authSecret.get()
+	if err != nil {
+		return err
+	}
+	if secrets == "" {
 		s, created, err := loadOrCreateSecret(cfg.dataDir)
 		if err != nil {
 			return err
 		}
-		secret = s
+		secrets = s
 		if created {
 			log.Info("made a development auth secret", "file", filepath.Join(cfg.dataDir, devSecretFile))
 		}
@@ -113,9 +116,9 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	// The services are configured through their own flags, by name, so dev
 	// gets every default of `keepwatch command` and `keepwatch query`.
 	common := map[string]string{
-		"auth-secret": secret,
+		"auth-secret": secrets,
 		"redis-url":   rds.URL,
-		"mongo-uri":   fdb.URI(),
+		"mongo-uri":   withPoolSize(fdb.URI(), devMongoPool),
 		"migrate":     "true",
 		// Ctrl-C should not take long on a laptop.
 		"shutdown-grace": "5s",
@@ -133,50 +136,65 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 		return err
 	}
 
-	// One context for both services: when either stops (error or Ctrl-C), the
-	// other is stopped too.
-	gctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	cmdGroup, err := newCommandGroup(gctx, env, &cc, "keepwatch-dev")
-	if err != nil {
+	// One run group for both services and one signal actor: when either
+	// stops (error or Ctrl-C), the other is stopped too.
+	var g run.Group
+	// The embedded MongoDB's server side holds a descriptor per connection
+	// of the two services' pools, and so does an embedded Redis.
+	reserved := cc.files() + qc.files() + cc.mongo.files() + qc.mongo.files()
+	if rds.Embedded {
+		reserved += cc.redis.files() + qc.redis.files()
+	}
+	files := fileBudget(reserved, 2)
+	if err := addCommand(ctx, env, &g, &cc, "keepwatch-dev", files); err != nil {
 		return err
 	}
-	queryGroup, err := newQueryGroup(gctx, env, &qc, "keepwatch-dev")
-	if err != nil {
-		// The command group holds connections and a listener: run it down.
-		cancel(err)
-		_ = cmdGroup.Run()
+	if err := addQuery(ctx, env, &g, &qc, "keepwatch-dev", files); err != nil {
+		// The command service holds connections and a listener: run it
+		// down.
+		runDown(&g)
 		return err
 	}
-
-	tok, err := auth.Mint(firstSecret(secret), cfg.user, cfg.tokenTTL)
+	tok, err := auth.Mint(firstSecret(secrets), cfg.user, cfg.tokenTTL)
 	if err != nil {
-		cancel(err)
-		_ = cmdGroup.Run()
-		_ = queryGroup.Run()
+		runDown(&g)
 		return err
 	}
-	if err := demo.Serve(queryGroup, demoPage{CommandURL: httpURL(cfg.commandAddr), QueryURL: httpURL(cfg.queryAddr), Token: tok, User: cfg.user}); err != nil {
-		cancel(err)
-		_ = cmdGroup.Run()
-		_ = queryGroup.Run()
+	if err := demo.Serve(&g, demoPage{CommandURL: httpURL(cfg.commandAddr), QueryURL: httpURL(cfg.queryAddr), Token: tok, User: cfg.user}); err != nil {
+		runDown(&g)
 		return err
 	}
 	printBanner(env, cfg, rds, mongoDir, fdb.Addr(), tok, demo.URL())
-
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, g := range []*run.Group{cmdGroup, queryGroup} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = g.Run()
-			cancel(errors.New("a service stopped"))
-		}()
-	}
-	wg.Wait()
+	addSignal(&g, ctx, log)
+	err = g.Run()
 	log.Info("stopped; data kept", "dir", cfg.dataDir)
-	return errors.Join(errs...)
+	return err
+}
+
+// runDown runs g only to stop it at once: its actors release what they hold.
+func runDown(g *run.Group) {
+	g.Add(func() error { return errors.New("start-up failed") }, func(error) {})
+	_ = g.Run()
+}
+
+// devMongoPool bounds each service's MongoDB connections in keepwatch dev: a
+// laptop needs few, and the embedded server holds a descriptor for each, so
+// the driver's 100 would eat the open-file limit (often 1024, or less).
+const devMongoPool = 16
+
+// withPoolSize sets maxPoolSize on a MongoDB URI.
+func withPoolSize(uri string, n int) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return uri
+	}
+	q := u.Query()
+	q.Set("maxPoolSize", strconv.Itoa(n))
+	u.RawQuery = q.Encode()
+	if u.Path == "" {
+		u.Path = "/" // the URI format wants it before the options
+	}
+	return u.String()
 }
 
 // setFlags registers a service's flags on a private flag set and sets them

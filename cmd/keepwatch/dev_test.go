@@ -133,23 +133,10 @@ func (r *devRun) keepWatching(token string) string {
 // n documents to MongoDB.
 func (r *devRun) waitFlushed(n int) {
 	r.t.Helper()
-	re := regexp.MustCompile(`(?m)^keepwatch_flush_written_total (\S+)$`)
-	for {
-		resp, err := http.Get(r.cmdURL + "/metrics")
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		var got float64
-		if m := re.FindSubmatch(b); m != nil {
-			fmt.Sscan(string(m[1]), &got)
-		}
-		if got >= float64(n) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(r.t, time.Minute, "the flusher to write to MongoDB", func() bool {
+		v, _ := testenv.MetricValue(testenv.Scrape(r.t, r.cmdURL+"/metrics"), "keepwatch_flush_written_total")
+		return v >= float64(n)
+	})
 }
 
 // TestDevRunsEverythingAndKeepsDataAcrossRestarts follows the README: start
@@ -224,5 +211,37 @@ func TestDevWithoutRedisServerUsesEmbeddedRedis(t *testing.T) {
 	r2 := startDev(t, dir, "--flush-interval", "1h")
 	if kw := r2.keepWatching(r1.printedTok); !strings.Contains(kw, `"video_id":"v1"`) {
 		t.Fatalf("after a clean restart, keep-watching lost the pending event: %s", kw)
+	}
+}
+
+// TestDevOneRegistryServiceLabels: keepwatch dev runs command and query on
+// the one registry main builds; series of one name tell the services apart
+// by their service label, and the process's own series appear once.
+func TestDevOneRegistryServiceLabels(t *testing.T) {
+	r := startDev(t, t.TempDir())
+	for _, u := range []string{r.cmdURL, r.queryURL} {
+		r.do("GET", u+"/healthz", r.printedTok, "")
+		r.do("GET", u+"/no-such-path", r.printedTok, "")
+	}
+	for _, u := range []string{r.cmdURL, r.queryURL} {
+		_, body := r.do("GET", u+"/metrics", "", "")
+		for _, want := range []string{
+			`keepwatch_http_request_duration_seconds_count{code="200",route="/healthz",service="command"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="200",route="/healthz",service="query"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="404",route="other",service="command"} 1`,
+			`keepwatch_http_request_duration_seconds_count{code="404",route="other",service="query"} 1`,
+			`keepwatch_ready{service="command"} 1`,
+			`keepwatch_ready{service="query"} 1`,
+			`keepwatch_token_cache_entries{service="query"}`,
+		} {
+			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {
+				t.Errorf("%s/metrics lacks %s", u, want)
+			}
+		}
+		for _, once := range []string{"\ngo_goroutines ", "\nkeepwatch_build_info{"} {
+			if n := strings.Count(body, once); n != 1 {
+				t.Errorf("%s/metrics has %q %d times, want once", u, strings.TrimSpace(once), n)
+			}
+		}
 	}
 }

@@ -6,17 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keepwatch/keepwatch/command/flush"
+	"github.com/keepwatch/keepwatch/internal/edge"
 	"github.com/keepwatch/keepwatch/storage/mongo"
 	"github.com/keepwatch/keepwatch/storage/redisbuf"
 )
@@ -47,7 +43,7 @@ func (c *flushConfig) register(fs *flag.FlagSet) {
 
 // startFlusher builds the flusher of a process; the caller runs it with Run
 // and closes store after Run returns.
-func startFlusher(ctx context.Context, env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (*flush.Flusher, error) {
+func startFlusher(env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (*flush.Flusher, error) {
 	if cfg.chunk < 1 || cfg.Batch < 1 || cfg.Parallelism < 1 || cfg.Interval <= 0 {
 		return nil, usageError{"--flush-chunk, --flush-batch, --flush-parallelism and --flush-interval must be positive"}
 	}
@@ -60,27 +56,37 @@ func startFlusher(ctx context.Context, env *environment, cfg *flushConfig, buf *
 	return fl, nil
 }
 
+// flushEdge is the HTTP edge of `keepwatch flush`: probes and scrapes only.
+func flushEdge() edge.Config {
+	return edge.Config{
+		ReadTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxConns: 256, MaxHeaderBytes: 4 << 10, BodyLimit: 4 << 10,
+		Grace: 15 * time.Second,
+	}
+}
+
 // flushCmdConfig is every flag of `keepwatch flush`.
 type flushCmdConfig struct {
-	httpAddr      string
-	shutdownGrace time.Duration
-	redis         redisConfig
-	mongo         mongoConfig
-	flush         flushConfig
+	http  httpConfig
+	redis redisConfig
+	mongo mongoConfig
+	flush flushConfig
 }
 
 func (c *flushCmdConfig) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.httpAddr, "http-addr", ":8082", "address of /healthz, /readyz and /metrics")
-	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 15*time.Second, "time the current batch gets to finish on SIGTERM")
+	c.http.register(fs, ":8082", flushEdge())
+	fs.Lookup("shutdown-grace").Usage = "time the batches under way get to finish on SIGTERM; /readyz says 503 and /metrics stays up meanwhile"
 	c.redis.register(fs)
+	c.redis.registerStart(fs)
 	c.mongo.register(fs)
 	c.flush.register(fs)
 }
 
-// runFlush runs the flusher alone, for deployments that scale it apart from
-// the command API: it serves /healthz, /readyz and /metrics and flushes until
-// SIGTERM, then finishes the batches under way.
-func runFlush(ctx context.Context, env *environment, args []string) error {
+// serveFlush runs the flusher alone, for deployments that scale it apart
+// from the command API. It serves /healthz, /readyz and /metrics and flushes
+// until SIGTERM, then finishes the batches under way, /readyz saying 503 and
+// /metrics showing the last batch until they are written.
+func serveFlush(ctx context.Context, env *environment, g *run.Group, args []string) (err error) {
 	fs := newFlagSet(env, "flush", "Flush the Redis buffer to MongoDB (alone; `keepwatch command` also does it by default).")
 	var cfg flushCmdConfig
 	cfg.register(fs)
@@ -88,81 +94,58 @@ func runFlush(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	log := env.logger.With("service", "flush")
-	client, buf, err := cfg.redis.open(ctx)
+	ecfg := cfg.http.edge
+	ecfg.Files = fileBudget(cfg.redis.files()+cfg.mongo.files(), 1)
+	if err := ecfg.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+
+	var u undo
+	defer u.onError(&err)
+	client, buf, err := cfg.redis.open(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	u.add(func() { _ = client.Close() })
 	store, err := cfg.mongo.open(ctx, env, "keepwatch-flush", true)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = store.Close(context.WithoutCancel(ctx)) }()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	fl, err := startFlusher(ctx, env, &cfg.flush, buf, store, reg)
+	u.add(func() { _ = store.Close(context.WithoutCancel(ctx)) })
+	reg := env.registerer("flush")
+	fl, err := startFlusher(env, &cfg.flush, buf, store, reg)
 	if err != nil {
 		return err
 	}
-	ready := promauto.With(reg).NewGauge(prometheus.GaugeOpts{Name: "keepwatch_ready", ConstLabels: prometheus.Labels{"service": "flush"}, Help: "1 when the service is ready to work."})
-	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
-
-	var stopping atomic.Bool
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		err := errors.Join(buf.Ping(rctx), store.Ping(rctx))
-		if stopping.Load() {
-			err = errors.New("stopping")
-		}
-		if err != nil {
-			ready.Set(0)
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		ready.Set(1)
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	ln, err := net.Listen("tcp", cfg.httpAddr)
+	ready := func(ctx context.Context) error { return errors.Join(buf.Ping(ctx), store.Ping(ctx)) }
+	shell, err := edge.New(ecfg, edge.Deps{Ready: ready, Registerer: reg, Gatherer: env.reg, Logger: log})
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
+		return usageError{err.Error()}
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	ready.Set(1)
+	reg.MustRegister(buf.BacklogCollector(cfg.redis.timeout, log))
+	ln, err := net.Listen("tcp", cfg.http.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.http.addr, err)
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "shards", buf.Shards())
 
-	var g run.Group
+	// Redis and MongoDB close when the flusher and the server are done.
+	release := lastOut(2, func() {
+		_ = store.Close(context.WithoutCancel(ctx))
+		_ = client.Close()
+	})
 	// Flusher: on interrupt it finishes the batches under way.
 	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
 	flushDone := make(chan struct{})
 	g.Add(func() error {
+		defer release()
 		defer close(flushDone)
 		return fl.Run(fctx)
 	}, func(error) {
-		stopping.Store(true)
-		ready.Set(0)
+		shell.Drain()
 		fcancel()
 	})
-	// HTTP: stays up until the flusher has stopped, so /readyz says 503
-	// and /metrics shows the last batch.
-	g.Add(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}, func(error) {
-		select {
-		case <-flushDone:
-		case <-time.After(cfg.shutdownGrace):
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	})
-	addSignal(&g, ctx, log)
-	return g.Run()
+	// HTTP stays up until the flusher has stopped.
+	shell.AddTo(g, ln, edge.Stopping{Wait: flushDone, Stopped: release})
+	return nil
 }

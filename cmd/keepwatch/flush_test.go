@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,22 +46,13 @@ func waitMongo(t *testing.T, db *mgo.Database, want map[string]float64) {
 	}
 }
 
-// metric reads one unlabelled sample from a /metrics page.
+// metric reads a metric from a /metrics page, summed over its series (the
+// service label among them).
 func metric(t *testing.T, base, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		t.Fatalf("no %s in /metrics:\n%s", name, body)
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testenv.MetricValue(testenv.Scrape(t, base+"/metrics"), name)
+	if !ok {
+		t.Fatalf("no %s in %s/metrics", name, base)
 	}
 	return v
 }

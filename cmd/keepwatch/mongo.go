@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keepwatch/keepwatch/migrations"
@@ -61,6 +63,20 @@ func (c *mongoConfig) open(ctx context.Context, env *environment, appName string
 		return nil, err
 	}
 	return store, nil
+}
+
+// files estimates the connections the MongoDB driver may open: a pool of
+// maxPoolSize (the URI's, else the driver's 100) and two monitoring
+// connections per host of the URI.
+func (c *mongoConfig) files() int {
+	pool, hosts := 100, 1
+	if u, err := url.Parse(c.uri); err == nil {
+		if n, err := strconv.Atoi(u.Query().Get("maxPoolSize")); err == nil && n > 0 {
+			pool = n
+		}
+		hosts = max(1, strings.Count(u.Host, ",")+1)
+	}
+	return hosts * (pool + 2)
 }
 
 // redactURI hides the password of a MongoDB URI for messages.

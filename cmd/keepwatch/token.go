@@ -15,7 +15,8 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "token", "Print an HS256 bearer token for a user, signed with the first --auth-secret.")
 	user := fs.String("user", "", "user id (the token's sub); required")
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
-	secret := fs.String("auth-secret", "", "HS256 secrets, comma-separated; the first one signs")
+	var sec secret
+	sec.register(fs, "auth-secret", "HS256 secrets, comma-separated; the first one signs")
 	// The iss and aud the services check, from the same variables.
 	issuer := fs.String("auth-issuer", "", "the token's iss, for services run with --auth-issuer (empty: none)")
 	audience := fs.String("auth-audience", "", "the token's aud, for services run with --auth-audience (empty: none)")
@@ -25,7 +26,11 @@ func runToken(_ context.Context, env *environment, args []string) error {
 	if *user == "" {
 		return usageError{"--user is required"}
 	}
-	first, _, _ := strings.Cut(*secret, ",")
+	secrets, err := sec.get()
+	if err != nil {
+		return err
+	}
+	first, _, _ := strings.Cut(secrets, ",")
 	if first == "" {
 		return usageError{"--auth-secret (KEEPWATCH_AUTH_SECRET) is required"}
 	}

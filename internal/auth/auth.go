@@ -362,18 +362,18 @@ func millis(sec float64) int64 {
 	return int64(max(-limit, min(limit, math.Floor(sec*1000))))
 }
 
-// Collectors returns the verifier's metrics, labelled with service: the full
-// verifications done and the tokens cached. Verifications that keep pace
-// with requests mean the cache is too small (--token-cache-size) or players
-// do not reuse their tokens; each costs about 4 µs where a hit costs 0.1.
-// Both are read when scraped, so they cost requests nothing.
-func (v *Verifier) Collectors(service string) []prometheus.Collector {
-	labels := prometheus.Labels{"service": service}
+// Collectors returns the verifier's metrics: the full verifications done and
+// the tokens cached (the registerer they go to adds the service label).
+// Verifications that keep pace with requests mean the cache is too small
+// (--token-cache-size) or players do not reuse their tokens; each costs about
+// 4 µs where a hit costs 0.1. Both are read when scraped, so they cost
+// requests nothing.
+func (v *Verifier) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keepwatch_token_verifications_total", ConstLabels: labels,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keepwatch_token_verifications_total",
 			Help: "Bearer tokens verified in full (signature and claims) because the token cache could not answer."},
 			func() float64 { return float64(v.verifications.Load()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keepwatch_token_cache_entries", ConstLabels: labels,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keepwatch_token_cache_entries",
 			Help: "Verified tokens in the cache (at most --token-cache-size)."},
 			func() float64 { return float64(v.cache.len()) }),
 	}

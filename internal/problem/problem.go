@@ -4,6 +4,7 @@
 package problem
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -23,6 +24,8 @@ func Status(code keepwatch.Code) int {
 		return fiber.StatusUnauthorized
 	case keepwatch.ENOTFOUND:
 		return fiber.StatusNotFound
+	case keepwatch.EMETHOD:
+		return fiber.StatusMethodNotAllowed
 	case keepwatch.ETOOLARGE:
 		return fiber.StatusRequestEntityTooLarge
 	case keepwatch.EUNSUPPORTED:
@@ -31,6 +34,8 @@ func Status(code keepwatch.Code) int {
 		return fiber.StatusUnprocessableEntity
 	case keepwatch.ERATELIMITED:
 		return fiber.StatusTooManyRequests
+	case keepwatch.EHEADERS:
+		return fiber.StatusRequestHeaderFieldsTooLarge
 	case keepwatch.EUNAVAILABLE:
 		return fiber.StatusServiceUnavailable
 	default:
@@ -57,15 +62,7 @@ func TypeURI(code keepwatch.Code) string { return "urn:keepwatch:problem:" + str
 // send (0: none). Errors that are not *keepwatch.Error become a 500 whose
 // detail reveals nothing internal.
 func From(err error) (Details, int) {
-	var ke *keepwatch.Error
-	if !errors.As(err, &ke) {
-		var fe *fiber.Error
-		if errors.As(err, &fe) {
-			ke = fromFiber(fe)
-		} else {
-			ke = &keepwatch.Error{Code: keepwatch.EINTERNAL}
-		}
-	}
+	ke := AsError(err)
 	st := Status(ke.Code)
 	msg := ke.Message
 	if ke.Code == keepwatch.EINTERNAL {
@@ -79,12 +76,32 @@ func From(err error) (Details, int) {
 	return d, ra
 }
 
+// AsError returns the *keepwatch.Error in err's chain; Fiber's own errors (an
+// unknown route, a body over the limit) become the one of their status, and
+// any other error one with code EINTERNAL.
+func AsError(err error) *keepwatch.Error {
+	var ke *keepwatch.Error
+	if errors.As(err, &ke) {
+		return ke
+	}
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		return fromFiber(fe)
+	}
+	return &keepwatch.Error{Code: keepwatch.EINTERNAL, Err: err}
+}
+
 func fromFiber(fe *fiber.Error) *keepwatch.Error {
 	switch fe.Code {
 	case fiber.StatusRequestEntityTooLarge:
 		return &keepwatch.Error{Code: keepwatch.ETOOLARGE, Message: "the request body is larger than the limit"}
-	case fiber.StatusNotFound, fiber.StatusMethodNotAllowed:
+	case fiber.StatusNotFound:
 		return &keepwatch.Error{Code: keepwatch.ENOTFOUND, Message: "no such resource"}
+	case fiber.StatusMethodNotAllowed:
+		// Fiber has set Allow to the methods the path is served with.
+		return &keepwatch.Error{Code: keepwatch.EMETHOD, Message: "the path is not served with this method; Allow lists those it is"}
+	case fiber.StatusRequestHeaderFieldsTooLarge:
+		return &keepwatch.Error{Code: keepwatch.EHEADERS, Message: "the request line and headers are larger than the limit"}
 	case fiber.StatusServiceUnavailable:
 		return &keepwatch.Error{Code: keepwatch.EUNAVAILABLE, Message: "service unavailable"}
 	case fiber.StatusUnsupportedMediaType:
@@ -109,9 +126,23 @@ func Write(c *fiber.Ctx, err error) error {
 	if ra > 0 {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(ra))
 	}
+	if d.Status == fiber.StatusUnauthorized {
+		c.Set(fiber.HeaderWWWAuthenticate, challenge(c))
+	}
 	c.Status(d.Status)
 	c.Set(fiber.HeaderContentType, ContentType)
 	return c.Send(body)
+}
+
+// challenge is the WWW-Authenticate of a 401 (RFC 6750 3): the error code
+// only when the request carried a bearer token, since a request without one
+// is told only which scheme to use.
+func challenge(c *fiber.Ctx) string {
+	h := c.Request().Header.Peek(fiber.HeaderAuthorization)
+	if len(h) > len("bearer ") && bytes.EqualFold(h[:len("bearer ")], []byte("bearer ")) {
+		return `Bearer error="invalid_token"`
+	}
+	return "Bearer"
 }
 
 // ErrorHandler is a fiber.Config.ErrorHandler that answers every error, those

@@ -45,6 +45,10 @@ type Options struct {
 	LogFile string
 	// StartTimeout bounds the wait for the first PONG; 10s when 0.
 	StartTimeout time.Duration
+	// ReturnWhileLoading makes Start return as soon as the server answers,
+	// -LOADING included: for tests of clients facing a server that is still
+	// reading its append-only file back.
+	ReturnWhileLoading bool
 }
 
 // Server is a running redis-server child.
@@ -156,7 +160,7 @@ func (s *Server) waitPong(ctx context.Context) error {
 	deadline := time.Now().Add(s.opts.StartTimeout)
 	for {
 		err := ping(s.Addr)
-		if err == nil {
+		if err == nil || s.opts.ReturnWhileLoading && errors.Is(err, errLoading) {
 			return nil
 		}
 		select {
@@ -172,6 +176,9 @@ func (s *Server) waitPong(ctx context.Context) error {
 		}
 	}
 }
+
+// errLoading is the answer of a server still reading its append-only file.
+var errLoading = errors.New("-LOADING: the server is loading its data")
 
 // ping sends an inline PING and expects +PONG: a server still reading its
 // append-only file answers -LOADING and is not ready yet.
@@ -189,6 +196,9 @@ func ping(addr string) error {
 	n, err := c.Read(buf)
 	if err != nil {
 		return err
+	}
+	if bytes.HasPrefix(buf[:n], []byte("-LOADING")) {
+		return errLoading
 	}
 	if !bytes.HasPrefix(buf[:n], []byte("+PONG")) {
 		return fmt.Errorf("answer %q", buf[:n])

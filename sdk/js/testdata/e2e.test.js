@@ -44,9 +44,11 @@ async function postAsAnotherDevice(user, event) {
 }
 
 async function metric(base, name) {
+  // Summed over the metric's series: each carries the service's label.
   const text = await (await fetch(`${base}/metrics`)).text();
-  const m = text.match(new RegExp(`^${name} (\\S+)$`, 'm'));
-  return m ? Number(m[1]) : 0;
+  let sum = 0;
+  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
+  return sum;
 }
 
 /**

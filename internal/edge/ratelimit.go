@@ -1,4 +1,4 @@
-package command
+package edge
 
 import (
 	"hash/maphash"
@@ -6,9 +6,16 @@ import (
 	"time"
 )
 
+// RateConfig bounds each user's requests to one service.
+type RateConfig struct {
+	Limit float64 // requests per second per user, sustained; 0 disables
+	Burst int     // requests a user may send at once above Limit
+	Users int     // users tracked at most (memory bound)
+}
+
 // rateLimiter is a per-user token bucket kept in process memory, so it costs
-// no Redis round trip. With several command instances behind a load balancer
-// each enforces its own bucket; a player far above the limit is still caught
+// no Redis round trip. With several instances behind a load balancer each
+// enforces its own bucket; a client far above the limit is still caught
 // because it exceeds it on every instance.
 //
 // The token cache keeps each verified token's bucket (see Verifier.Attach),
@@ -30,24 +37,25 @@ type rateLimiter struct {
 // player might get a 429 a little early, never anyone else's data.
 type limiterShard struct {
 	mu sync.Mutex
-	m  map[uint64]*bucket
+	m  map[uint64]*Bucket
 }
 
-type bucket struct {
+// Bucket is one user's token bucket; Shell.User returns it for Shell.Allow.
+type Bucket struct {
 	mu     sync.Mutex
 	tokens float64
 	last   int64 // unix ns
 }
 
-// newRateLimiter returns nil (no limit) when rate <= 0. maxUsers bounds the
-// memory: a full shard forgets the users whose buckets have refilled.
-func newRateLimiter(rate float64, burst, maxUsers int) *rateLimiter {
-	if rate <= 0 {
+// newRateLimiter returns nil (no limit) when cfg.Limit <= 0. cfg.Users bounds
+// the memory: a full shard forgets the users whose buckets have refilled.
+func newRateLimiter(cfg RateConfig) *rateLimiter {
+	if cfg.Limit <= 0 {
 		return nil
 	}
-	l := &rateLimiter{rate: rate, burst: float64(max(1, burst)), seed: maphash.MakeSeed(), per: max(1, maxUsers/64)}
+	l := &rateLimiter{rate: cfg.Limit, burst: float64(max(1, cfg.Burst)), seed: maphash.MakeSeed(), per: max(1, cfg.Users/64)}
 	for i := range l.shards {
-		l.shards[i].m = make(map[uint64]*bucket)
+		l.shards[i].m = make(map[uint64]*Bucket)
 	}
 	return l
 }
@@ -55,7 +63,7 @@ func newRateLimiter(rate float64, burst, maxUsers int) *rateLimiter {
 // bucketFor returns the user's bucket, a full one for a user it does not
 // track. A bucket forgotten here while a cached token still holds it keeps
 // working for that token; only a token verified afterwards starts a new one.
-func (l *rateLimiter) bucketFor(user string, now time.Time) *bucket {
+func (l *rateLimiter) bucketFor(user string, now time.Time) *Bucket {
 	h := maphash.String(l.seed, user)
 	s := &l.shards[h%uint64(len(l.shards))]
 	s.mu.Lock()
@@ -66,13 +74,13 @@ func (l *rateLimiter) bucketFor(user string, now time.Time) *bucket {
 	if len(s.m) >= l.per {
 		l.evict(s, now.UnixNano())
 	}
-	b := &bucket{tokens: l.burst, last: now.UnixNano()}
+	b := &Bucket{tokens: l.burst, last: now.UnixNano()}
 	s.m[h] = b
 	return b
 }
 
 // allow takes one token from b.
-func (l *rateLimiter) allow(b *bucket, now time.Time) bool {
+func (l *rateLimiter) allow(b *Bucket, now time.Time) bool {
 	if l == nil {
 		return true
 	}

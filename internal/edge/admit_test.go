@@ -1,4 +1,4 @@
-package command
+package edge
 
 import (
 	"strconv"
@@ -19,7 +19,7 @@ func BenchmarkAdmitManyPlayers(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	l := newRateLimiter(1e9, 1e9, 1_000_000)
+	l := newRateLimiter(RateConfig{Limit: 1e9, Burst: 1e9, Users: 1_000_000})
 	v.Attach(func(user string) any { return l.bucketFor(user, time.Now()) })
 	toks := make([][]byte, players)
 	for i := range toks {
@@ -39,7 +39,7 @@ func BenchmarkAdmitManyPlayers(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		_, data, err := v.VerifyData(toks[i%players], now)
-		if err != nil || !l.allow(data.(*bucket), now) {
+		if err != nil || !l.allow(data.(*Bucket), now) {
 			b.Fatalf("refused: %v", err)
 		}
 	}

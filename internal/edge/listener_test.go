@@ -1,0 +1,173 @@
+//go:build linux
+
+package edge_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keepwatch/keepwatch/internal/edge"
+	"github.com/keepwatch/keepwatch/internal/testenv"
+)
+
+// fdChildEnv makes the test binary act as the server of
+// TestAcceptWaitsOutFileExhaustion.
+const fdChildEnv = "EDGE_TEST_FD_CHILD"
+
+// TestAcceptWaitsOutFileExhaustion runs a shell in a child process whose
+// open-file limit is a few descriptors above what it uses, so that idle
+// connections exhaust it and accept fails with EMFILE, for real. fasthttp
+// treats that as the end of the server; the shell's listener waits it out.
+// The child keeps running, a request made meanwhile waits in the accept
+// queue, and once the idle connections close it is answered.
+func TestAcceptWaitsOutFileExhaustion(t *testing.T) {
+	if os.Getenv(fdChildEnv) != "" {
+		fdChild()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptWaitsOutFileExhaustion$")
+	cmd.Env = append(os.Environ(), fdChildEnv+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr testenv.Output
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = stdin.Close() // the child exits when its stdin closes
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("the child did not start: %v\n%s", err, stderr.String())
+	}
+	var addr string
+	var limit int
+	if _, err := fmt.Sscan(line, &addr, &limit); err != nil {
+		t.Fatalf("child said %q: %v", line, err)
+	}
+
+	// Twice the child's limit in idle connections: accept runs out of
+	// descriptors.
+	var idle []net.Conn
+	for range 2 * limit {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		idle = append(idle, c)
+	}
+	// A request now waits in the accept queue.
+	answered := make(chan string, 1)
+	go func() {
+		client := &http.Client{Timeout: 60 * time.Second}
+		resp, err := client.Get("http://" + addr + "/metrics")
+		if err != nil {
+			answered <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		answered <- string(body)
+	}()
+	// Accept has failed by the time the child has no descriptor left:
+	// wait until its log says so (nothing else reaches it meanwhile).
+	deadline := time.Now().Add(30 * time.Second)
+	for !regexp.MustCompile(`accept: retrying.*too many open files`).MatchString(stderr.String()) {
+		select {
+		case err := <-exited:
+			t.Fatalf("the child exited (%v) when out of descriptors:\n%s", err, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("accept never failed for lack of descriptors:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case got := <-answered:
+		t.Fatalf("answered while out of descriptors: %q", got)
+	default:
+	}
+	for _, c := range idle {
+		_ = c.Close()
+	}
+	select {
+	case got := <-answered:
+		m := regexp.MustCompile(`(?m)^keepwatch_http_accept_retries_total (\d+)$`).FindStringSubmatch(got)
+		if m == nil {
+			t.Fatalf("the waiting request got %q", got)
+		}
+		if n, _ := strconv.Atoi(m[1]); n < 1 {
+			t.Fatalf("keepwatch_http_accept_retries_total = %d, want at least 1", n)
+		}
+	case err := <-exited:
+		t.Fatalf("the child exited (%v):\n%s", err, stderr.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the waiting request was never answered:\n%s", stderr.String())
+	}
+}
+
+// fdChild serves a shell under a tight open-file limit until stdin closes.
+func fdChild() {
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	reg := prometheus.NewRegistry()
+	shell, err := edge.New(edge.Config{ReadTimeout: time.Minute, IdleTimeout: time.Minute, MaxConns: 10_000,
+		MaxHeaderBytes: 4096, BodyLimit: 1024, Grace: time.Second},
+		edge.Deps{Ready: func(context.Context) error { return nil }, Registerer: reg, Gatherer: reg,
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		fail(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		fail(err)
+	}
+	limit := uint64(len(open) + 8)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		fail(err)
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}()
+	fmt.Println(ln.Addr().String(), limit)
+	if err := shell.Serve(ln); err != nil {
+		fail(fmt.Errorf("serve returned: %w", err))
+	}
+	fail(fmt.Errorf("serve returned"))
+}
