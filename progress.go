@@ -256,7 +256,13 @@ func appendFixed(b []byte, v float64, width int) []byte {
 // Round3 rounds to three decimals, the precision every store keeps.
 func Round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
+// EraseState is the state of a user's erase at event time at.
+func EraseState(at int64) State {
+	return State{EventTime: at, Kind: KindErased, Position: Unknown, Duration: Unknown, Episode: Unknown}
+}
+
 // Progress is the state of one video for one user, as both sides exchange it.
+// A user's erase is a Progress whose VideoID is "" (see KindErased).
 type Progress struct {
 	UserID  string
 	VideoID string
