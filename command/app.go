@@ -185,8 +185,8 @@ func (s *Service) postProgress(c *fiber.Ctx, recv time.Time) error {
 	ev, err := d.decodeProgress(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
 	var entry keepwatch.Entry
 	if err == nil {
-		// The video id points into Fiber's reused request memory: copy it.
-		entry = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+		// The ids point into Fiber's reused request memory: copy them.
+		entry = ev.entry()
 	}
 	s.decoders.Put(d)
 	if err != nil {
@@ -218,8 +218,8 @@ func (s *Service) postBatch(c *fiber.Ctx, recv time.Time) error {
 	d := s.decoders.Get().(*decoder)
 	res, err := d.decodeBatch(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
 	entries := make([]keepwatch.Entry, len(res.events))
-	for i, ev := range res.events {
-		entries[i] = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+	for i := range res.events {
+		entries[i] = res.events[i].entry()
 	}
 	s.decoders.Put(d)
 	if err != nil {
@@ -278,7 +278,7 @@ func (s *Service) deleteProgress(c *fiber.Ctx, recv time.Time) error {
 	}
 	st := keepwatch.State{
 		EventTime: keepwatch.EventTime(recv, ts, sentAt, s.cfg.MaxEventAge),
-		Kind:      keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown,
+		Kind:      keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown, Episode: keepwatch.Unknown,
 	}
 	// The video id may point into Fiber's reused request memory: copy it.
 	if err := s.commit.submitOne(user, keepwatch.Entry{VideoID: strings.Clone(video), State: st}); err != nil {
