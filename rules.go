@@ -84,3 +84,20 @@ func (r Rules) TooShort(s State) bool {
 func (r Rules) InRow(s State) bool {
 	return s.Kind == KindProgress && !r.Finished(s) && !r.TooShort(s)
 }
+
+// RowFilter is what a store can check of the rules by itself, to skip
+// documents without reading them: a state belongs in keep watching only if
+// it is progress newer than After, not completed, and its percent is in
+// [MinPercent, BelowPercent). The other rules are checked on what it reads.
+type RowFilter struct {
+	// After is the event time (ms) a state must be newer than: the age
+	// limit, or the user's erase.
+	After        int64
+	MinPercent   float64
+	BelowPercent float64
+}
+
+// Filter returns the rules' RowFilter for states newer than after.
+func (r Rules) Filter(after int64) RowFilter {
+	return RowFilter{After: after, MinPercent: r.MinResumePercent, BelowPercent: r.FinishedPercent}
+}
