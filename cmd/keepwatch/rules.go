@@ -21,6 +21,13 @@ type rulesConfig struct {
 }
 
 func (c *rulesConfig) register(fs *flag.FlagSet) {
+	c.registerRules(fs)
+	fs.DurationVar(&c.maxAge, "keep-watching-max-age", 180*24*time.Hour,
+		"progress older than this leaves keep-watching (progress lookups still show it until --retention removes it; 0: no limit)")
+}
+
+// registerRules adds the rules' flags without the age limit (export).
+func (c *rulesConfig) registerRules(fs *flag.FlagSet) {
 	d := keepwatch.DefaultRules()
 	fs.Float64Var(&c.rules.FinishedPercent, "finished-percent", d.FinishedPercent,
 		"percent at or above which a video is finished and leaves keep-watching")
@@ -32,8 +39,6 @@ func (c *rulesConfig) register(fs *flag.FlagSet) {
 		"percent below which a video is not worth resuming and stays out of keep-watching (a misclick; 0: off)")
 	fs.Float64Var(&c.rules.MinResumeSeconds, "min-resume-seconds", d.MinResumeSeconds,
 		"seconds watched below which a video stays out of keep-watching (a preview; from the position, else the percent of the duration; 0: off)")
-	fs.DurationVar(&c.maxAge, "keep-watching-max-age", 180*24*time.Hour,
-		"progress older than this leaves keep-watching (progress lookups still show it until --retention removes it; 0: no limit)")
 }
 
 // get returns the rules, refusing bad ones with the flag to fix.
