@@ -264,8 +264,8 @@ func printBanner(env *environment, cfg devConfig, rds *devRedis, mongoDir, mongo
 	fmt.Fprintf(w, `
 keepwatch dev is running. Data: %s (survives restarts). Ctrl-C stops everything.
 %s
-  command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}
-  query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}
+  command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}, DELETE /v1/progress
+  query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}, GET /v1/export
   flusher      in-process, every %s
   Redis        %s
   MongoDB      embedded FerretDB on %s, SQLite in %s
