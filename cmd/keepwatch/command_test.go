@@ -264,20 +264,9 @@ func startBothAPIs(t *testing.T, flags map[string]string) map[string]string {
 // the test's own 10 s limit.
 func expectClosed(t *testing.T, addr, req string, answered bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(c) // returns when the server closes
-	if err != nil {
-		t.Fatalf("connection still open after 10 s (read: %v); got %q", err, got)
+	got, closed := testenv.Exchange(t, addr, req, 10*time.Second)
+	if !closed {
+		t.Fatalf("connection still open after 10 s; got %q", got)
 	}
 	if answered != strings.HasPrefix(string(got), "HTTP/1.1 200") {
 		t.Fatalf("before closing the server sent %q; answered = %v", got, answered)
