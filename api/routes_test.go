@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -381,15 +380,5 @@ func token(t *testing.T, user string, ttl time.Duration) string {
 // host:port.
 func serve(t *testing.T, app *fiber.App) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = app.Listener(ln) }()
-	t.Cleanup(func() {
-		_ = app.Shutdown()
-		<-done
-	})
-	return ln.Addr().String()
+	return testenv.ServeLocal(t, testenv.App{App: app})
 }

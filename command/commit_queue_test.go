@@ -36,20 +36,10 @@ func pausedCommitter(t *testing.T, cfg CommitConfig, pause time.Duration) (c *co
 	// A client held by the pause counts as blocked in INFO clients.
 	waitInFlight = func() {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		testenv.Eventually(t, 10*time.Second, "a round trip held by the pause", func() bool {
 			info, err := admin.Info(context.Background(), "clients").Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(info, "blocked_clients:1") {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no round trip held by the pause after 10s:\n%s", info)
-			}
-			time.Sleep(time.Millisecond)
-		}
+			return err == nil && strings.Contains(info, "blocked_clients:1")
+		})
 	}
 	return c, buf, waitInFlight
 }
@@ -69,13 +59,7 @@ func submitAsync(c *committer, user string) <-chan error {
 // in flight.
 func waitQueued(t *testing.T, c *committer, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(c.in) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d requests queued after 10s, want %d", len(c.in), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("%d requests in the queue", n), func() bool { return len(c.in) >= n })
 }
 
 func pendingUsers(t *testing.T, buf *redisbuf.Buffer, users []string) []string {
@@ -144,9 +128,7 @@ func TestCloseAnswersQueuedRequests(t *testing.T) {
 		c.close()
 		close(closed)
 	}()
-	for !c.closed.Load() {
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, "close to begin", c.closed.Load)
 	err := c.submitOne("late", keepwatch.Entry{VideoID: "v", State: keepwatch.State{EventTime: 1, Percent: 5, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}})
 	if keepwatch.ErrorCode(err) != keepwatch.EUNAVAILABLE {
 		t.Fatalf("a request after close began: %v, want 503", err)

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/keepwatch/keepwatch/internal/testenv"
 )
 
 func TestDockerfile(t *testing.T) {
@@ -103,13 +104,7 @@ func TestProductionBinaryHasNoDevStack(t *testing.T) {
 	if !slices.Contains(flags, "-tags") {
 		t.Fatalf("the Dockerfile builds with %v: without -tags nodev the image carries the dev stack", flags)
 	}
-	bin := filepath.Join(t.TempDir(), "keepwatch")
-	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/keepwatch")...)
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %v: %v\n%s", flags, err, out)
-	}
+	bin := testenv.BuildKeepwatch(t, flags...)
 	out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
 	if err != nil {
 		t.Fatalf("go version -m: %v\n%s", err, out)
@@ -161,13 +156,7 @@ func TestDockerfileStampsTheBuild(t *testing.T) {
 	for _, f := range dockerBuildFlags(t) {
 		flags = append(flags, args.Replace(f))
 	}
-	bin := filepath.Join(t.TempDir(), "keepwatch")
-	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", bin, "./cmd/keepwatch")...)
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %v: %v\n%s", flags, err, out)
-	}
+	bin := testenv.BuildKeepwatch(t, flags...)
 	out, err := exec.Command(bin, "--version").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "keepwatch version 4.5.6-test, revision cafe0123, go") {
 		t.Fatalf("keepwatch --version of the image's build: %v\n%s", err, out)

@@ -508,12 +508,9 @@ func TestMongoDown(t *testing.T) {
 	}
 	e.mongo.Start()
 	// The driver finds the server again on its own; wait for it on /readyz.
-	for deadline := time.Now().Add(30 * time.Second); e.get("", "/readyz").StatusCode != 200; {
-		if time.Now().After(deadline) {
-			t.Fatal("not ready after MongoDB came back")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 30*time.Second, "readiness after MongoDB came back", func() bool {
+		return e.get("", "/readyz").StatusCode == 200
+	})
 	if got := decode[items](t, e.get("alice", "/v1/keep-watching"), 200); ids(got) != "a:10" {
 		t.Fatalf("after restart: %q", ids(got))
 	}

@@ -60,6 +60,23 @@ func (k Kind) Option(name string) string {
 	return ""
 }
 
+// Flags are a keepwatch target's options other than aof, as command-line
+// flags: "keepwatch:commit-workers=1" runs `keepwatch command
+// --commit-workers=1`, so one run can compare settings side by side.
+func (k Kind) Flags() []string {
+	if k.Base() != Keepwatch {
+		return nil
+	}
+	_, opts, _ := strings.Cut(string(k), ":")
+	var out []string
+	for _, o := range strings.Split(opts, ",") {
+		if name, _, _ := strings.Cut(o, "="); o != "" && name != "aof" {
+			out = append(out, "--"+o)
+		}
+	}
+	return out
+}
+
 // ParseKinds splits a comma-separated list of kinds. Options go after a
 // colon and are separated by "+": "keepwatch:aof=always",
 // "naive-redis:pool=64+aof=no".
@@ -86,8 +103,11 @@ func ParseKinds(s string) ([]Kind, error) {
 			case o == "":
 			case name == "aof" && (v == "no" || v == "everysec" || v == "always"):
 			case name == "pool" && k.Base() == NaiveRedis && v != "" && strings.Trim(v, "0123456789") == "":
+			case k.Base() == Keepwatch && name != "aof" && name != "" && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz-") == "":
+				// Any other option of a keepwatch target is one of its
+				// flags: keepwatch:commit-workers=1.
 			default:
-				return nil, fmt.Errorf("target %q: unknown option %q (aof=no|everysec|always; pool=N for naive-redis)", f, o)
+				return nil, fmt.Errorf("target %q: unknown option %q (aof=no|everysec|always; pool=N for naive-redis; any --flag=value of keepwatch command for keepwatch)", f, o)
 			}
 		}
 		out = append(out, k)
@@ -234,7 +254,9 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 			return r, err
 		}
 		args := []string{"command", "--redis-url", r.RedisURL, "--auth-secret", c.Secret, "--flush=false"}
-		r.CommandURL, err = server("keepwatch-command", c.Keepwatch, append(args, c.KeepwatchArgs...), nil)
+		args = append(args, c.KeepwatchArgs...)
+		args = append(args, kind.Flags()...)
+		r.CommandURL, err = server("keepwatch-command", c.Keepwatch, args, nil)
 		if err != nil || !c.Query {
 			return r, err
 		}

@@ -1,28 +1,15 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/keepwatch/keepwatch/internal/testenv"
 )
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	binPath   string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		_ = os.RemoveAll(buildDir)
-	}
+	testenv.RemoveBuilds()
 	os.Exit(code)
 }
 
@@ -34,20 +21,7 @@ func buildBinary(t *testing.T, why string) string {
 	if testing.Short() {
 		t.Skip("-short: builds the keepwatch binary with go build to " + why + " (slow on a cold cache); CI runs it")
 	}
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "keepwatch-cmd-test-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(buildDir, "keepwatch")
-		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
+	return testenv.BuildKeepwatch(t)
 }
 
 // running fails the test if the process has exited.

@@ -32,25 +32,10 @@ func startMain(t *testing.T, ctx context.Context, args ...string) (<-chan int, *
 	return done, out
 }
 
-// waitStatus polls url until it answers want, failing after a generous bound
-// (the bound only stops a hung test; nothing is asserted about speed).
+// waitStatus waits until url answers want; the bound only stops a hung test.
 func waitStatus(t *testing.T, url string, want int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never answered %d (last: %v)", url, want, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.WaitHTTP(t, url, want, 30*time.Second)
 }
 
 func postProgress(t *testing.T, base, token, body string) int {
@@ -204,17 +189,10 @@ func TestSIGTERMFinishesInFlightRequests(t *testing.T) {
 	go func() { result <- postProgress(t, base, tok, `{"video_id":"v9","percent":7}`) }()
 	// Wait until the request's write is held by the pause: then it is in
 	// flight inside the server.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(t, 10*time.Second, "the POST to reach the paused Redis", func() bool {
 		info, err := rc.Info(context.Background(), "clients").Result()
-		if err == nil && !strings.Contains(info, "blocked_clients:0") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the POST never reached Redis: %v\n%s", err, info)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && !strings.Contains(info, "blocked_clients:0")
+	})
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -286,20 +264,9 @@ func startBothAPIs(t *testing.T, flags map[string]string) map[string]string {
 // the test's own 10 s limit.
 func expectClosed(t *testing.T, addr, req string, answered bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(c) // returns when the server closes
-	if err != nil {
-		t.Fatalf("connection still open after 10 s (read: %v); got %q", err, got)
+	got, closed := testenv.Exchange(t, addr, req, 10*time.Second)
+	if !closed {
+		t.Fatalf("connection still open after 10 s; got %q", got)
 	}
 	if answered != strings.HasPrefix(string(got), "HTTP/1.1 200") {
 		t.Fatalf("before closing the server sent %q; answered = %v", got, answered)

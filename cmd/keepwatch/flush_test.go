@@ -30,20 +30,15 @@ func percents(t *testing.T, db *mgo.Database) map[string]float64 {
 	return out
 }
 
-// waitMongo polls MongoDB until it holds exactly want.
+// waitMongo waits until MongoDB holds exactly want.
 func waitMongo(t *testing.T, db *mgo.Database, want map[string]float64) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		got := percents(t, db)
-		if fmt.Sprint(got) == fmt.Sprint(want) {
-			return
+	testenv.Await(t, 60*time.Second, "MongoDB to hold what was posted", func() error {
+		if got := percents(t, db); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("holds %v, want %v", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("MongoDB holds %v, want %v", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // metric reads a metric from a /metrics page, summed over its series (the

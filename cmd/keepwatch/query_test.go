@@ -30,27 +30,6 @@ func startQuery(t *testing.T, vars map[string]string) (string, func() int) {
 		}
 		done <- code
 	}()
-	base := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		select {
-		case code := <-done:
-			t.Fatalf("keepwatch query exited with %d before it was ready", code)
-		default:
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("keepwatch query not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	var stopped bool
 	stop := func() int {
 		if stopped {
@@ -61,6 +40,24 @@ func startQuery(t *testing.T, vars map[string]string) (string, func() int) {
 		return <-done
 	}
 	t.Cleanup(func() { stop() })
+	base := "http://" + addr
+	testenv.Await(t, 30*time.Second, "keepwatch query to be ready", func() error {
+		select {
+		case code := <-done:
+			stopped = true // nothing left to stop, or to wait for
+			t.Fatalf("keepwatch query exited with %d before it was ready", code)
+		default:
+		}
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz answered %s", resp.Status)
+		}
+		return nil
+	})
 	return base, stop
 }
 
@@ -146,15 +143,8 @@ func TestQueryStartsWithoutRedis(t *testing.T) {
 		t.Fatalf("without Redis: %d %v %s", resp.StatusCode, resp.Header, body)
 	}
 	r.Start()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testenv.Eventually(t, 30*time.Second, "the overlay to come back with Redis", func() bool {
 		resp, _ := getAs(t, base+"/v1/keep-watching", "alice")
-		if resp.StatusCode == 200 && resp.Header.Get("X-Keepwatch-Overlay") == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("overlay still unavailable after Redis came back: %v", resp.Header)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return resp.StatusCode == 200 && resp.Header.Get("X-Keepwatch-Overlay") == ""
+	})
 }

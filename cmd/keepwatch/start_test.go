@@ -176,21 +176,17 @@ func TestFailedStartReleasesEverything(t *testing.T) {
 			}
 			// Connections close on the server's side a moment after the
 			// client's.
-			deadline := time.Now().Add(10 * time.Second)
-			for {
+			testenv.Await(t, 10*time.Second, "the failed start to release what it held", func() error {
 				after, now := goroutines(marks...), redisClients(t, probe)
 				leaked := now > clients
 				for _, mk := range marks {
 					leaked = leaked || after[mk] > before[mk]
 				}
-				if !leaked {
-					break
+				if leaked {
+					return fmt.Errorf("goroutines %v (before %v), Redis clients %d (before %d)", after, before, now, clients)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after the failed start: goroutines %v (before %v), Redis clients %d (before %d)", after, before, now, clients)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+				return nil
+			})
 		})
 	}
 }

@@ -124,17 +124,7 @@ func parseProblem(t *testing.T, resp *http.Response, body string, status int) pr
 // it or 5 s pass; closed tells which.
 func exchange(t *testing.T, addr, raw string) (got string, closed bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, err := io.ReadAll(c)
-	return string(b), err == nil
+	return testenv.Exchange(t, addr, raw, 5*time.Second)
 }
 
 // TestAmbiguousFramingIsRefused guards against request smuggling: a request

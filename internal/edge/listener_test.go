@@ -99,18 +99,15 @@ func TestAcceptWaitsOutFileExhaustion(t *testing.T) {
 	}()
 	// Accept has failed by the time the child has no descriptor left:
 	// wait until its log says so (nothing else reaches it meanwhile).
-	deadline := time.Now().Add(30 * time.Second)
-	for !regexp.MustCompile(`accept: retrying.*too many open files`).MatchString(stderr.String()) {
+	retrying := regexp.MustCompile(`accept: retrying.*too many open files`)
+	testenv.Eventually(t, 30*time.Second, "accept to fail for lack of descriptors", func() bool {
 		select {
 		case err := <-exited:
 			t.Fatalf("the child exited (%v) when out of descriptors:\n%s", err, stderr.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("accept never failed for lack of descriptors:\n%s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return retrying.MatchString(stderr.String())
+	})
 	select {
 	case got := <-answered:
 		t.Fatalf("answered while out of descriptors: %q", got)

@@ -23,6 +23,24 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// Await is Eventually for a condition that can say why it does not hold yet:
+// it polls check until it returns nil, and on timeout fails the test with the
+// last reason.
+func Await(t testing.TB, timeout time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s: %v", timeout, what, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Proc is a child process owned by one test: its output is kept for the
 // failure message, and it gets SIGTERM (and is waited for) when the test ends.
 type Proc struct {
@@ -116,6 +134,32 @@ func (p *Proc) WaitHTTP(url string, want int, timeout time.Duration) {
 		}
 		if time.Now().After(deadline) {
 			p.t.Fatalf("GET %s did not answer %d within %s (last: %s):\n%s", url, want, timeout, last, p.Logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// WaitHTTP waits until GET url answers want, failing the test after timeout
+// with the last answer or error. The timeout only stops a hung test; nothing
+// is asserted about speed.
+func WaitHTTP(t testing.TB, url string, want int, timeout time.Duration) {
+	t.Helper()
+	c := &http.Client{Timeout: time.Second}
+	last := "no answer"
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == want {
+				return
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s did not answer %d within %s (last: %s)", url, want, timeout, last)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

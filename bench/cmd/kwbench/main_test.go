@@ -208,7 +208,11 @@ func TestParseKindsWithOptions(t *testing.T) {
 		ks[2].Base() != target.NaiveRedis || ks[2].Option("pool") != "64" || ks[2].Option("aof") != "no" || ks[0].Option("aof") != "" {
 		t.Fatalf("parsed %q", ks)
 	}
-	for _, bad := range []string{"keepwatch:aof=sometimes", "bare:pool=3", "naive-redis:pool=x", "nope"} {
+	ks, err = target.ParseKinds("keepwatch:commit-workers=1+aof=always")
+	if err != nil || strings.Join(ks[0].Flags(), " ") != "--commit-workers=1" || ks[0].Option("aof") != "always" {
+		t.Fatalf("parsed %q: flags %q, %v", ks, ks[0].Flags(), err)
+	}
+	for _, bad := range []string{"keepwatch:aof=sometimes", "bare:pool=3", "naive-redis:pool=x", "nope", "naive-redis:commit-workers=1"} {
 		if _, err := target.ParseKinds(bad); err == nil {
 			t.Errorf("ParseKinds(%q) accepted it", bad)
 		}
