@@ -69,7 +69,15 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 	}
 	t.Cleanup(func() { _ = store.Close(context.Background()) })
 	e.store = store
-	if err := migrations.Up(ctx, store.Database(), slog.New(slog.DiscardHandler)); err != nil {
+	// Migrate with a generous timeout: a test's short one is for its reads,
+	// and a loaded machine may take longer to build an index.
+	mig, err := kwmongo.Open(ctx, kwmongo.Options{URI: m.URI, Database: m.Database, Timeout: time.Minute})
+	if err != nil {
+		t.Fatalf("open mongo: %v", err)
+	}
+	err = migrations.Up(ctx, mig.Database(), slog.New(slog.DiscardHandler))
+	_ = mig.Close(ctx)
+	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	if e.reader, err = store.Reader(kwmongo.ReadOptions{}); err != nil {

@@ -600,14 +600,22 @@ func openStore(t testing.TB, m *testenv.Mongo, o mongo.Options) *mongo.Store {
 	if o.Timeout == 0 {
 		o.Timeout = 20 * time.Second
 	}
+	// Migrate with a generous timeout: a test's short one is for what it
+	// tests, and a loaded machine may take longer to build an index.
+	mig, err := mongo.Open(ctx, mongo.Options{URI: o.URI, Database: o.Database, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = migrations.Up(ctx, mig.Database(), slog.New(slog.DiscardHandler))
+	_ = mig.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := mongo.Open(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	if err := migrations.Up(ctx, s.Database(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
 	return s
 }
 
