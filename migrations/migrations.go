@@ -336,7 +336,7 @@ func createIndex(ctx context.Context, coll *mongo.Collection, m mongo.IndexModel
 
 func indexProgressRow(ctx context.Context, db *mongo.Database, _ server) (string, error) {
 	return "", createIndex(ctx, db.Collection(kwmongo.ProgressCollection), mongo.IndexModel{
-		Keys: bson.D{{Key: "u", Value: 1}, {Key: "s.k", Value: 1}, {Key: "s.t", Value: -1}, {Key: "s.p", Value: 1}, {Key: "s.c", Value: 1}},
+		Keys:    bson.D{{Key: "u", Value: 1}, {Key: "s.k", Value: 1}, {Key: "s.t", Value: -1}, {Key: "s.p", Value: 1}, {Key: "s.c", Value: 1}},
 		Options: options.Index(),
 	}, ProgressRowIndex)
 }
