@@ -143,6 +143,8 @@ func TestStatusCodesOfTheContract(t *testing.T) {
 		"post /v1/progress":              commandWrite,
 		"post /v1/progress/batch":        commandWrite,
 		"delete /v1/progress/{video_id}": {"202", "401", "422", "429", "503"},
+		"delete /v1/progress":            {"202", "401", "422", "429", "503"},
+		"get /v1/export":                 {"200", "401", "429", "503"},
 		"get /v1/keep-watching":          queryRead,
 		"get /v1/progress":               queryRead,
 		"get /v1/progress/{video_id}":    append([]string{"404"}, queryRead...),

@@ -36,29 +36,29 @@ func TestPostProgressStoresState(t *testing.T) {
 		want keepwatch.State
 	}{
 		{"every field", `{"video_id":"v","percent":42.5,"position":1234.5,"duration":2700,"ts":1732240000000,"sent_at":1732240000350}`,
-			keepwatch.State{EventTime: recv - 350, Percent: 42.5, Position: 1234.5, Duration: 2700}},
+			keepwatch.State{EventTime: recv - 350, Percent: 42.5, Position: 1234.5, Duration: 2700, Episode: unknown}},
 		{"only the required fields", `{"video_id":"v","percent":0}`,
-			keepwatch.State{EventTime: recv, Percent: 0, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 0, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"null optional fields are unknown", `{"video_id":"v","percent":100,"position":null,"duration":null,"ts":null,"sent_at":null}`,
-			keepwatch.State{EventTime: recv, Percent: 100, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 100, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"numbers rounded to milliseconds", `{"video_id":"v","percent":33.33333,"position":12.0004,"duration":60.0005}`,
-			keepwatch.State{EventTime: recv, Percent: 33.333, Position: 12, Duration: 60.001}},
+			keepwatch.State{EventTime: recv, Percent: 33.333, Position: 12, Duration: 60.001, Episode: unknown}},
 		{"position zero is known", `{"video_id":"v","percent":1,"position":0}`,
-			keepwatch.State{EventTime: recv, Percent: 1, Position: 0, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 1, Position: 0, Duration: unknown, Episode: unknown}},
 		{"ts without sent_at has age 0", `{"video_id":"v","percent":5,"ts":1000}`,
-			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"sent_at without ts has age 0", `{"video_id":"v","percent":5,"sent_at":1000}`,
-			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"ts after sent_at is clamped to age 0", `{"video_id":"v","percent":5,"ts":5000,"sent_at":1000}`,
-			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"age is the device's sent_at minus ts", `{"video_id":"v","percent":5,"ts":1000,"sent_at":61000}`,
-			keepwatch.State{EventTime: recv - 60000, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv - 60000, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"age at the maximum", `{"video_id":"v","percent":5,"ts":1000,"sent_at":` + strconv.FormatInt(1000+hour, 10) + `}`,
-			keepwatch.State{EventTime: recv - hour, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv - hour, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"age over the maximum is clamped", `{"video_id":"v","percent":5,"ts":1000,"sent_at":` + strconv.FormatInt(1000+50*hour, 10) + `}`,
-			keepwatch.State{EventTime: recv - hour, Percent: 5, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv - hour, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"unknown fields are ignored", `{"video_id":"v","percent":7,"user_id":"someone-else","extra":[1,2]}`,
-			keepwatch.State{EventTime: recv, Percent: 7, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 7, Position: unknown, Duration: unknown, Episode: unknown}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -468,7 +468,7 @@ func TestDeleteProgress(t *testing.T) {
 			t.Fatalf("accepted %d", n)
 		}
 		got := e.pending(user)["v"]
-		want := keepwatch.State{EventTime: e.clock.millis(), Kind: keepwatch.KindDeleted, Position: unknown, Duration: unknown}
+		want := keepwatch.State{EventTime: e.clock.millis(), Kind: keepwatch.KindDeleted, Position: unknown, Duration: unknown, Episode: unknown}
 		if got != want {
 			t.Fatalf("stored %+v, want %+v", got, want)
 		}
@@ -551,6 +551,55 @@ func TestDeleteHidesOlderProgressNotNewer(t *testing.T) {
 	}
 }
 
+// TestEraseHidesOlderProgressNotNewer guards the erase's order in the
+// buffer: DELETE /v1/progress drops the user's pending progress up to its
+// event time, refuses what comes later from before it (a late retry, an
+// offline batch), keeps what comes after it, and leaves other users alone.
+func TestEraseHidesOlderProgressNotNewer(t *testing.T) {
+	e := newEnv(t)
+	user, other := e.user("u"), e.user("o")
+	h := "Bearer " + token(t, user)
+	e.post(user, "/v1/progress", `{"video_id":"a","percent":10,"series_id":"s","episode":1}`).accepted(t)
+	e.post(user, "/v1/progress", `{"video_id":"b","percent":10}`).accepted(t)
+	e.post(other, "/v1/progress", `{"video_id":"a","percent":10}`).accepted(t)
+	e.clock.add(time.Second)
+	e.post(user, "/v1/progress", `{"video_id":"c","percent":10}`).accepted(t)
+	cAt := e.clock.millis()
+	// Made offline half a second before c, synced now.
+	if n := e.do(req{method: http.MethodDelete, path: "/v1/progress?ts=1000000&sent_at=1000500", auth: h}).accepted(t); n != 1 {
+		t.Fatalf("accepted %d", n)
+	}
+	erasedAt := cAt - 500
+	want := map[string]keepwatch.State{"c": e.pending(user)["c"], "": keepwatch.EraseState(erasedAt)}
+	if got := e.pending(user); !mapsEqual(got, want) {
+		t.Fatalf("pending %+v, want %+v", got, want)
+	}
+	if got := e.pending(other); len(got) != 1 {
+		t.Fatalf("another user's entries: %+v", got)
+	}
+	// Late retries of progress from before the erase: one post, a batch.
+	e.clock.add(10 * time.Second)
+	e.post(user, "/v1/progress", `{"video_id":"a","percent":20,"ts":1000,"sent_at":12000}`).accepted(t)
+	e.post(user, "/v1/progress/batch", `{"sent_at":20000,"events":[{"video_id":"b","percent":30,"ts":1000},{"video_id":"d","percent":5,"ts":19999}]}`).accepted(t)
+	want["d"] = keepwatch.State{EventTime: e.clock.millis() - 1, Percent: 5, Position: unknown, Duration: unknown, Episode: unknown}
+	if got := e.pending(user); !mapsEqual(got, want) {
+		t.Fatalf("after late retries, pending %+v, want %+v", got, want)
+	}
+	// A later erase covers everything up to it, the erase before included.
+	e.clock.add(time.Second)
+	e.do(req{method: http.MethodDelete, path: "/v1/progress", auth: h}).accepted(t)
+	if got := e.pending(user); !mapsEqual(got, map[string]keepwatch.State{"": keepwatch.EraseState(e.clock.millis())}) {
+		t.Fatalf("after a second erase, pending %+v", got)
+	}
+	for _, bad := range []string{"/v1/progress?ts=x", "/v1/progress?sent_at=-1"} {
+		p := e.do(req{method: http.MethodDelete, path: bad, auth: h}).problem(t, http.StatusUnprocessableEntity)
+		if len(p.fields()) != 1 {
+			t.Fatalf("%s: %+v", bad, p)
+		}
+	}
+	e.do(req{method: http.MethodDelete, path: "/v1/progress"}).problem(t, http.StatusUnauthorized)
+}
+
 // TestDeviceClockHoursOffKeepsFreshProgress guards event time: it comes from
 // the server's clock and the age the device measured, never the device clock.
 func TestDeviceClockHoursOffKeepsFreshProgress(t *testing.T) {
@@ -628,9 +677,9 @@ func TestBatch(t *testing.T) {
 			t.Fatalf("answer %d %s", r.status, r.body)
 		}
 		want := map[string]keepwatch.State{
-			"a": {EventTime: recv - 60000, Percent: 10, Position: unknown, Duration: unknown},
-			"b": {EventTime: recv, Percent: 20, Position: 5, Duration: 50},
-			"c": {EventTime: recv, Percent: 30, Position: unknown, Duration: unknown}, // ts after sent_at: age 0
+			"a": {EventTime: recv - 60000, Percent: 10, Position: unknown, Duration: unknown, Episode: unknown},
+			"b": {EventTime: recv, Percent: 20, Position: 5, Duration: 50, Episode: unknown},
+			"c": {EventTime: recv, Percent: 30, Position: unknown, Duration: unknown, Episode: unknown}, // ts after sent_at: age 0
 		}
 		if got := e.pending(user); !mapsEqual(got, want) {
 			t.Fatalf("stored %v, want %v", got, want)
@@ -960,7 +1009,7 @@ func TestHealthAndUnknownRoutes(t *testing.T) {
 	e.do(req{method: http.MethodGet, path: "/v1/nothing"}).problem(t, http.StatusNotFound)
 	// A known path with another method is 405 with the methods it has
 	// (DELETE /v1/progress/batch removes a video named "batch").
-	for path, allow := range map[string]string{"/v1/progress": "POST", "/v1/progress/batch": "POST, DELETE", "/v1/progress/v": "DELETE"} {
+	for path, allow := range map[string]string{"/v1/progress": "POST, DELETE", "/v1/progress/batch": "POST, DELETE", "/v1/progress/v": "DELETE"} {
 		for _, method := range []string{http.MethodGet, http.MethodPut, http.MethodPatch} {
 			r := e.do(req{method: method, path: path, auth: "Bearer " + token(t, "u")})
 			if p := r.problem(t, http.StatusMethodNotAllowed); p.Type != "urn:keepwatch:problem:method_not_allowed" {
@@ -1175,19 +1224,19 @@ func TestNumberRulesOnTheSpelledDecimal(t *testing.T) {
 	}{
 		{"percent just over 100", `{"video_id":"v","percent":100.00000000000000001}`, "percent", keepwatch.State{}},
 		{"percent just under 100", `{"video_id":"v","percent":99.999999999999999999}`, "",
-			keepwatch.State{EventTime: recv, Percent: 100, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 100, Position: unknown, Duration: unknown, Episode: unknown}},
 		{"negative percent under the float's reach", `{"video_id":"v","percent":-1e-400}`, "percent", keepwatch.State{}},
 		{"negative position that rounds to 0", `{"video_id":"v","percent":1,"position":-0.0004}`, "position", keepwatch.State{}},
 		{"negative zero position", `{"video_id":"v","percent":1,"position":-0.0}`, "",
-			keepwatch.State{EventTime: recv, Percent: 1, Position: 0, Duration: unknown}},
+			keepwatch.State{EventTime: recv, Percent: 1, Position: 0, Duration: unknown, Episode: unknown}},
 		{"position over the maximum by less than a float", `{"video_id":"v","percent":1,"position":99999999.9990000001}`, "position", keepwatch.State{}},
 		{"duration under a millisecond", `{"video_id":"v","percent":1,"duration":0.0005}`, "duration", keepwatch.State{}},
 		{"duration of a millisecond", `{"video_id":"v","percent":1,"duration":1e-3}`, "",
-			keepwatch.State{EventTime: recv, Percent: 1, Position: unknown, Duration: 0.001}},
+			keepwatch.State{EventTime: recv, Percent: 1, Position: unknown, Duration: 0.001, Episode: unknown}},
 		{"ts past 2^53", `{"video_id":"v","percent":1,"ts":9007199254740993}`, "ts", keepwatch.State{}},
 		{"ts a fraction a float cannot hold", `{"video_id":"v","percent":1,"ts":1732240000000.00000001}`, "ts", keepwatch.State{}},
 		{"ts with an exponent", `{"video_id":"v","percent":1,"ts":1.73224e12,"sent_at":1732240000350.0}`, "",
-			keepwatch.State{EventTime: recv - 350, Percent: 1, Position: unknown, Duration: unknown}},
+			keepwatch.State{EventTime: recv - 350, Percent: 1, Position: unknown, Duration: unknown, Episode: unknown}},
 	} {
 		for _, path := range []string{"/v1/progress", "/v1/progress/batch"} {
 			t.Run(tc.name+" "+path, func(t *testing.T) {

@@ -5,6 +5,7 @@ package command
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,10 @@ import (
 // Buffer is what the command side needs of the Redis buffer.
 type Buffer interface {
 	Applier
+	// Erase records the erase of everything the user has up to the event
+	// time at (ms), atomically with their pending entries, and returns how
+	// many pending entries it dropped. Errors wrap keepwatch.ErrUnavailable.
+	Erase(ctx context.Context, userID string, at int64) (int, error)
 }
 
 // Config holds the command API's bounds; every field has a flag in cmd/keepwatch.
@@ -134,6 +139,7 @@ func New(cfg Config, shell *edge.Shell, buf Buffer, reg prometheus.Registerer, l
 	shell.Handle(fiber.MethodPost, "/v1/progress", fiber.StatusAccepted, s.postProgress)
 	shell.Handle(fiber.MethodPost, "/v1/progress/batch", fiber.StatusAccepted, s.postBatch)
 	shell.Handle(fiber.MethodDelete, "/v1/progress/:video_id", fiber.StatusAccepted, s.deleteProgress)
+	shell.Handle(fiber.MethodDelete, "/v1/progress", fiber.StatusAccepted, s.eraseProgress)
 	// Count every refused write by reason, those refused before their
 	// handler ran (a body over the limit) included.
 	shell.OnError(func(route string, err error) {
@@ -185,8 +191,8 @@ func (s *Service) postProgress(c *fiber.Ctx, recv time.Time) error {
 	ev, err := d.decodeProgress(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge})
 	var entry keepwatch.Entry
 	if err == nil {
-		// The video id points into Fiber's reused request memory: copy it.
-		entry = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+		// The ids point into Fiber's reused request memory: copy them.
+		entry = ev.entry()
 	}
 	s.decoders.Put(d)
 	if err != nil {
@@ -218,8 +224,8 @@ func (s *Service) postBatch(c *fiber.Ctx, recv time.Time) error {
 	d := s.decoders.Get().(*decoder)
 	res, err := d.decodeBatch(c.Body(), timing{received: recv, maxAge: s.cfg.MaxEventAge}, s.cfg.BatchMaxEvents)
 	entries := make([]keepwatch.Entry, len(res.events))
-	for i, ev := range res.events {
-		entries[i] = keepwatch.Entry{VideoID: string(ev.videoID), State: ev.state}
+	for i := range res.events {
+		entries[i] = res.events[i].entry()
 	}
 	s.decoders.Put(d)
 	if err != nil {
@@ -278,11 +284,37 @@ func (s *Service) deleteProgress(c *fiber.Ctx, recv time.Time) error {
 	}
 	st := keepwatch.State{
 		EventTime: keepwatch.EventTime(recv, ts, sentAt, s.cfg.MaxEventAge),
-		Kind:      keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown,
+		Kind:      keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown, Episode: keepwatch.Unknown,
 	}
 	// The video id may point into Fiber's reused request memory: copy it.
 	if err := s.commit.submitOne(user, keepwatch.Entry{VideoID: strings.Clone(video), State: st}); err != nil {
 		return err
+	}
+	s.m.accepted.Inc()
+	return acceptOne(c)
+}
+
+// eraseProgress erases all of the user's progress up to its event time (the
+// receive time, or the age the device measured with ?ts=&sent_at=): it is
+// recorded in the buffer atomically with the user's pending entries, and the
+// flusher applies it to MongoDB and the dead letters (see
+// keepwatch.KindErased). It is not on the players' hot path, so it goes to
+// Redis on its own rather than through the group commit.
+func (s *Service) eraseProgress(c *fiber.Ctx, recv time.Time) error {
+	user, err := s.admit(c, recv, false)
+	if err != nil {
+		return err
+	}
+	var errs []keepwatch.FieldError
+	ts, sentAt := queryMillis(c, "ts", &errs), queryMillis(c, "sent_at", &errs)
+	if len(errs) > 0 {
+		return &keepwatch.Error{Code: keepwatch.EINVALID, Message: "the erase has invalid fields", Fields: errs}
+	}
+	at := keepwatch.EventTime(recv, ts, sentAt, s.cfg.MaxEventAge)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Commit.Timeout)
+	defer cancel()
+	if _, err := s.buf.Erase(ctx, user, at); err != nil {
+		return &keepwatch.Error{Code: keepwatch.EUNAVAILABLE, RetryAfter: 1, Message: "the buffer is unreachable; retry shortly", Err: err}
 	}
 	s.m.accepted.Inc()
 	return acceptOne(c)

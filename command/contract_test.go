@@ -212,11 +212,14 @@ func (c *contract) batchFieldsAt(path string) []string {
 // goEvent is a batch's event as a Go program reads it with encoding/json:
 // the documented fields, numbers as float64, null or absent as nil.
 type goEvent struct {
-	VideoID  string   `json:"video_id"`
-	Percent  float64  `json:"percent"`
-	Position *float64 `json:"position"`
-	Duration *float64 `json:"duration"`
-	TS       *float64 `json:"ts"`
+	VideoID   string   `json:"video_id"`
+	Percent   float64  `json:"percent"`
+	Position  *float64 `json:"position"`
+	Duration  *float64 `json:"duration"`
+	TS        *float64 `json:"ts"`
+	SeriesID  *string  `json:"series_id"`
+	Episode   *float64 `json:"episode"`
+	Completed *bool    `json:"completed"`
 }
 
 // goSingle is the body of POST /v1/progress: an event and its sent_at.
@@ -240,10 +243,18 @@ func (g goEvent) state(e *env, sentAt *float64) keepwatch.State {
 		}
 		return int64(*p)
 	}
-	return keepwatch.State{
+	st := keepwatch.State{
 		EventTime: keepwatch.EventTime(e.clock.now(), ms(g.TS), ms(sentAt), command.DefaultConfig().MaxEventAge),
 		Percent:   keepwatch.Round3(g.Percent), Position: secs(g.Position), Duration: secs(g.Duration),
+		Episode: secs(g.Episode),
 	}
+	if g.SeriesID != nil {
+		st.SeriesID = *g.SeriesID
+	}
+	if g.Completed != nil {
+		st.Completed = *g.Completed
+	}
+	return st
 }
 
 // stored reads the user's pending entries back from Redis.

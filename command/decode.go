@@ -18,8 +18,21 @@ import (
 // progressEvent is one decoded, validated event before its event time is fixed.
 type progressEvent struct {
 	videoID []byte // points into the parser's memory: copy before keeping
-	state   keepwatch.State
-	ts      int64
+	// seriesID is the series (nil: none); like videoID it points into the
+	// parser's memory, and entry copies it into the state.
+	seriesID []byte
+	state    keepwatch.State
+	ts       int64
+}
+
+// entry is the event as the buffer stores it, its ids copied out of the
+// request's memory.
+func (ev *progressEvent) entry() keepwatch.Entry {
+	st := ev.state
+	if len(ev.seriesID) > 0 {
+		st.SeriesID = string(ev.seriesID)
+	}
+	return keepwatch.Entry{VideoID: string(ev.videoID), State: st}
 }
 
 // timing is what the event time needs besides the event: the server's receive
@@ -34,13 +47,22 @@ func malformed(msg string) *keepwatch.Error {
 }
 
 // eventFields are the keys of an event (of a batch's event: all but
-// sent_at), and batchFields those of a batch's envelope. A key that differs
-// from one of them only in case is refused: encoding/json matches keys to
-// fields ignoring case (folding ſ to s and K to k too), so a Go gateway
-// would read "PERCENT" as the percent that keepwatch ignores.
+// sent_at, the last), and batchFields those of a batch's envelope. A key
+// that differs from one of them only in case is refused: encoding/json
+// matches keys to fields ignoring case (folding ſ to s and K to k too), so a
+// Go gateway would read "PERCENT" as the percent that keepwatch ignores.
 var (
-	eventFields = [...]string{"video_id", "percent", "position", "duration", "ts", "sent_at"}
+	eventFields = [...]string{"video_id", "percent", "position", "duration", "ts", "series_id", "episode", "completed", "sent_at"}
 	batchFields = [...]string{"sent_at", "events"}
+)
+
+// batchEventFields are the keys of a batch's event.
+var batchEventFields = eventFields[:len(eventFields)-1]
+
+// Details of the field errors the scanner leaves to the parser to explain.
+const (
+	idDetail      = "must be 1–128 characters of A-Z a-z 0-9 . _ : -"
+	episodeDetail = "must be a number from 0 to 99999999.999"
 )
 
 // decoder is the memory the full parser reuses from request to request.
@@ -158,9 +180,37 @@ func (d *decoder) decodeEvent(o *fastjson.Object, errs *[]keepwatch.FieldError) 
 	default:
 		b, _ := id.StringBytes()
 		if !keepwatch.ValidVideoID(b) {
-			*errs = append(*errs, keepwatch.FieldError{Field: "video_id", Detail: "must be 1–128 characters of A-Z a-z 0-9 . _ : -"})
+			*errs = append(*errs, keepwatch.FieldError{Field: "video_id", Detail: idDetail})
 		}
 		ev.videoID = b
+	}
+	switch sid := o.Get("series_id"); {
+	case sid == nil || sid.Type() == fastjson.TypeNull:
+	case sid.Type() != fastjson.TypeString:
+		*errs = append(*errs, keepwatch.FieldError{Field: "series_id", Detail: "must be a string or null"})
+	default:
+		b, _ := sid.StringBytes()
+		if !keepwatch.ValidVideoID(b) {
+			*errs = append(*errs, keepwatch.FieldError{Field: "series_id", Detail: idDetail})
+		}
+		ev.seriesID = b
+	}
+	ev.state.Episode = keepwatch.Unknown
+	if v := o.Get("episode"); v != nil && v.Type() != fastjson.TypeNull {
+		n, ok := d.number(v)
+		if ok {
+			ev.state.Episode, ok = secondsOf(n, false)
+		}
+		if !ok {
+			*errs = append(*errs, keepwatch.FieldError{Field: "episode", Detail: episodeDetail})
+		}
+	}
+	switch c := o.Get("completed"); {
+	case c == nil || c.Type() == fastjson.TypeNull:
+	case c.Type() == fastjson.TypeTrue:
+		ev.state.Completed = true
+	case c.Type() != fastjson.TypeFalse:
+		*errs = append(*errs, keepwatch.FieldError{Field: "completed", Detail: "must be true, false or null"})
 	}
 	switch pct := o.Get("percent"); {
 	case pct == nil:
@@ -276,7 +326,7 @@ func (d *decoder) decodeBatch(body []byte, tm timing, maxEvents int) (batchResul
 	}
 	for i, ev := range arr {
 		if eo, err := ev.Object(); err == nil {
-			if err := sameButCase(eo, eventFields[:5], " of events["+itoa(i)+"]"); err != nil {
+			if err := sameButCase(eo, batchEventFields, " of events["+itoa(i)+"]"); err != nil {
 				return batchResult{}, err
 			}
 		}

@@ -33,6 +33,11 @@ var progressSeeds = []string{
 	`{"video_id":"v","percent":NaN}`,
 	`{"video_id":"v","percent":1e999}`,
 	`{"video_id":"v","percent":1,"ts":1.5}`,
+	`{"video_id":"s01e02","percent":12,"series_id":"tt0903747","episode":2,"completed":false}`,
+	`{"video_id":"v","percent":99,"series_id":null,"episode":null,"completed":null}`,
+	`{"video_id":"v","percent":99,"completed":true,"episode":0}`,
+	`{"video_id":"v","percent":1,"series_id":"","episode":-1,"completed":1}`,
+	`{"video_id":"v","percent":1,"series_id":"a b","episode":100000000,"completed":"true"}`,
 	`{"percent":1}`,
 	`[]`, `null`, `"x"`, ``, `{`, `{"video_id":"v","percent":1}x`,
 }
@@ -51,18 +56,20 @@ func checkState(t *testing.T, st keepwatch.State) {
 		t.Fatalf("position %v", st.Position)
 	case st.Duration != keepwatch.Unknown && (math.IsNaN(st.Duration) || !keepwatch.ValidSeconds(st.Duration) || st.Duration <= 0):
 		t.Fatalf("duration %v", st.Duration)
+	case st.Episode != keepwatch.Unknown && (math.IsNaN(st.Episode) || !keepwatch.ValidSeconds(st.Episode)):
+		t.Fatalf("episode %v", st.Episode)
 	case st.EventTime > recv || st.EventTime < recv-tm.maxAge.Milliseconds():
 		t.Fatalf("event time %d outside [%d, %d]", st.EventTime, recv-tm.maxAge.Milliseconds(), recv)
 	}
-	for _, v := range []float64{st.Percent, st.Position, st.Duration} {
+	for _, v := range []float64{st.Percent, st.Position, st.Duration, st.Episode} {
 		if v != keepwatch.Round3(v) {
 			t.Fatalf("%v is not rounded to three decimals", v)
 		}
 	}
 	// What the buffer stores must decode to the same state.
 	enc := st.Encode()
-	if len(enc) != keepwatch.EncodedLen {
-		t.Fatalf("encoding %q has length %d, want %d", enc, len(enc), keepwatch.EncodedLen)
+	if len(enc) < keepwatch.EncodedLen || len(enc) > keepwatch.MaxEncodedLen {
+		t.Fatalf("encoding %q has length %d, want %d to %d", enc, len(enc), keepwatch.EncodedLen, keepwatch.MaxEncodedLen)
 	}
 	back, err := keepwatch.DecodeState(enc)
 	if err != nil || back != st {
@@ -109,7 +116,7 @@ func FuzzDecodeProgress(f *testing.F) {
 		if !keepwatch.ValidVideoID(ev.videoID) {
 			t.Fatalf("video id %q", ev.videoID)
 		}
-		checkState(t, ev.state)
+		checkState(t, ev.entry().State)
 	})
 }
 
@@ -135,7 +142,8 @@ func FuzzScanProgress(f *testing.F) {
 		if err != nil {
 			t.Fatalf("the scanner accepted %q, the parser refuses it: %v", body, err)
 		}
-		if string(fast.videoID) != string(slow.videoID) || fast.state != slow.state || fast.ts != slow.ts {
+		if string(fast.videoID) != string(slow.videoID) || string(fast.seriesID) != string(slow.seriesID) ||
+			fast.state != slow.state || fast.ts != slow.ts {
 			t.Fatalf("%q: scanner %+v (video %q), parser %+v (video %q)", body, fast, fast.videoID, slow, slow.videoID)
 		}
 	})
@@ -161,6 +169,13 @@ var scanSeeds = []string{
 	`{"video_id":"v","percent":1,}`,
 	`{"video_id":"v" "percent":1}`,
 	`{"video_id":"v","percent":1}}`,
+	`{"video_id":"v","percent":1,"series_id":"s","series_id":"t"}`,
+	`{"video_id":"v","percent":1,"episode":1,"episode":2}`,
+	`{"video_id":"v","percent":1,"completed":true,"completed":false}`,
+	`{"video_id":"v","percent":1,"Series_ID":"s"}`,
+	`{"video_id":"v","percent":1,"completed":tru}`,
+	`{"video_id":"v","percent":1,"series_id":"\u0041"}`,
+	`{"video_id":"v","percent":1,"episode":1e-4}`,
 	`{}`,
 }
 
@@ -208,7 +223,7 @@ func FuzzDecodeBatch(f *testing.F) {
 			if !keepwatch.ValidVideoID(ev.videoID) {
 				t.Fatalf("video id %q", ev.videoID)
 			}
-			checkState(t, ev.state)
+			checkState(t, ev.entry().State)
 		}
 	})
 }

@@ -10,14 +10,15 @@ import (
 // takes: a flat object of plain strings and numbers, every field valid. It
 // reads the body once, where validating and then parsing read it twice and
 // look each field up by name again (the decoder was a tenth of the request's
-// CPU). It answers ok only for a body decodeProgress would accept with the same
+// CPU). A series' fields (series_id, episode, completed) are ordinary
+// fields of that body and take the same pass. It answers ok only for a body decodeProgress would accept with the same
 // event; anything else (escapes, nesting, repeated keys, a key that differs
 // from a field's name only in case, non-ASCII keys, any invalid or mistyped
 // field, bad JSON) is left to decodeProgress, which owns every error message.
 // FuzzScanProgress holds it to that.
 func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
-	var pct, pos, dur, ts, sentAt []byte
-	var seen uint8 // bit per known field: a repeated field goes the slow way
+	var pct, pos, dur, ts, sentAt, episode []byte
+	var seen uint16 // bit per known field: a repeated field goes the slow way
 	// The unknown keys so far, to find a repeated one without allocating;
 	// a body with more than eight goes the slow way.
 	var unknown [8][]byte
@@ -41,7 +42,7 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 			return ev, false
 		}
 		s.space()
-		var bit uint8
+		var bit uint16
 		var dst *[]byte
 		switch string(key) {
 		case "video_id":
@@ -51,6 +52,26 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 				return ev, false
 			}
 			ev.videoID = v
+		case "series_id":
+			bit = 64
+			if !s.literal("null") {
+				v, okStr := s.str()
+				if !okStr || !keepwatch.ValidVideoID(v) {
+					return ev, false
+				}
+				ev.seriesID = v
+			}
+		case "episode":
+			bit, dst = 128, &episode
+		case "completed":
+			bit = 256
+			switch {
+			case s.literal("true"):
+				ev.state.Completed = true
+			case s.literal("false"), s.literal("null"):
+			default:
+				return ev, false
+			}
 		case "percent":
 			bit, dst = 2, &pct
 		case "position":
@@ -112,6 +133,9 @@ func scanProgress(body []byte, tm timing) (ev progressEvent, ok bool) {
 		return ev, false
 	}
 	if ev.state.Duration, ok = scanSeconds(dur, true); !ok {
+		return ev, false
+	}
+	if ev.state.Episode, ok = scanSeconds(episode, false); !ok {
 		return ev, false
 	}
 	if ev.ts, ok = scanMillis(ts); !ok {

@@ -36,6 +36,18 @@ const ProgressByUserIndex = "u_1_s.t_-1"
 // DeadLettersByTimeIndex orders dead letters by their first failure.
 const DeadLettersByTimeIndex = "first_failure_1"
 
+// ProgressRowIndex serves the keep-watching row: a user's progress newest
+// first, with the percent and completed on the key, so finished videos are
+// skipped without reading their documents: {u: 1, s.k: 1, s.t: -1, s.p: 1, s.c: 1}.
+const ProgressRowIndex = "u_1_s.k_1_s.t_-1_s.p_1_s.c_1"
+
+// ProgressExpiryIndex is {exp: 1}: on MongoDB a TTL index that removes a
+// document once its exp has passed, elsewhere what the retention sweep walks.
+const ProgressExpiryIndex = "exp_1"
+
+// DeadLettersByUserIndex finds a user's dead-letter entries (export, erase).
+const DeadLettersByUserIndex = "entries.u_1"
+
 // ErrNotMigrated is returned by Check when a migration is pending.
 var ErrNotMigrated = errors.New("database is not migrated")
 
@@ -59,6 +71,10 @@ func all() []migration {
 		{1, "create progress collection", createProgress},
 		{2, "index progress by user, newest first", indexProgressByUser},
 		{3, "create dead-letter collection", createDeadLetters},
+		{4, "index progress for the keep-watching row", indexProgressRow},
+		{5, "expire progress past its retention", indexProgressExpiry},
+		{6, "index dead letters by user", indexDeadLettersByUser},
+		{7, "validate series fields, expiry and erase tombstones", validateSeriesAndErase},
 	}
 }
 
@@ -296,6 +312,109 @@ func createDeadLetters(ctx context.Context, db *mongo.Database, _ server) (strin
 		return "", fmt.Errorf("create index %s: %w", DeadLettersByTimeIndex, err)
 	}
 	return "", nil
+}
+
+// longBuild gives an index build on a populated collection an hour: it can
+// outlast the client's per-operation timeout (--mongo-timeout), and a
+// deadline on the context takes precedence over that timeout.
+func longBuild(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, time.Hour)
+}
+
+func createIndex(ctx context.Context, coll *mongo.Collection, m mongo.IndexModel, name string) error {
+	ctx, cancel := longBuild(ctx)
+	defer cancel()
+	m.Options = m.Options.SetName(name)
+	if _, err := coll.Indexes().CreateOne(ctx, m); err != nil {
+		return fmt.Errorf("create index %s: %w", name, err)
+	}
+	return nil
+}
+
+func indexProgressRow(ctx context.Context, db *mongo.Database, _ server) (string, error) {
+	return "", createIndex(ctx, db.Collection(kwmongo.ProgressCollection), mongo.IndexModel{
+		Keys:    bson.D{{Key: "u", Value: 1}, {Key: "s.k", Value: 1}, {Key: "s.t", Value: -1}, {Key: "s.p", Value: 1}, {Key: "s.c", Value: 1}},
+		Options: options.Index(),
+	}, ProgressRowIndex)
+}
+
+// indexProgressExpiry makes {exp: 1} a TTL index where the server has them:
+// exp is the date a document may go (event time + --retention, set by the
+// writer), so the index expires at that date (expireAfterSeconds 0) and
+// --retention changes need no new index.
+func indexProgressExpiry(ctx context.Context, db *mongo.Database, srv server) (string, error) {
+	coll := db.Collection(kwmongo.ProgressCollection)
+	keys := bson.D{{Key: "exp", Value: 1}}
+	if srv.ferretDB == "" {
+		err := createIndex(ctx, coll, mongo.IndexModel{Keys: keys, Options: options.Index().SetExpireAfterSeconds(0)}, ProgressExpiryIndex)
+		if err == nil || !hasCode(err, codeNotImplemented) {
+			return "", err
+		}
+	}
+	if err := createIndex(ctx, coll, mongo.IndexModel{Keys: keys, Options: options.Index()}, ProgressExpiryIndex); err != nil {
+		return "", err
+	}
+	return "TTL not applied: the server has no TTL indexes; the flusher's retention sweep removes expired documents", nil
+}
+
+func indexDeadLettersByUser(ctx context.Context, db *mongo.Database, _ server) (string, error) {
+	return "", createIndex(ctx, db.Collection(kwmongo.DeadLetterCollection), mongo.IndexModel{
+		Keys: bson.D{{Key: "entries.u", Value: 1}}, Options: options.Index(),
+	}, DeadLettersByUserIndex)
+}
+
+// progressValidatorV7 is progressValidator with what migration 7 added: the
+// state's completed, episode and series, the expiry date, and the erase
+// tombstone ({_id: "<user>/", v: "", s.k: 2}).
+func progressValidatorV7() bson.D {
+	num := bson.D{{Key: "bsonType", Value: "double"}}
+	return bson.D{{Key: "$jsonSchema", Value: bson.D{
+		{Key: "bsonType", Value: "object"},
+		{Key: "required", Value: bson.A{"_id", "u", "v", "s"}},
+		{Key: "properties", Value: bson.D{
+			{Key: "_id", Value: bson.D{{Key: "bsonType", Value: "string"}}},
+			{Key: "u", Value: bson.D{{Key: "bsonType", Value: "string"}, {Key: "minLength", Value: 1}}},
+			{Key: "v", Value: bson.D{{Key: "bsonType", Value: "string"}, {Key: "maxLength", Value: 128}}},
+			{Key: "exp", Value: bson.D{{Key: "bsonType", Value: "date"}}},
+			{Key: "s", Value: bson.D{
+				{Key: "bsonType", Value: "object"},
+				{Key: "required", Value: bson.A{"t", "k", "p", "pos", "dur"}},
+				{Key: "properties", Value: bson.D{
+					{Key: "t", Value: bson.D{{Key: "bsonType", Value: "long"}, {Key: "minimum", Value: 0}}},
+					{Key: "k", Value: bson.D{{Key: "bsonType", Value: "int"}, {Key: "enum", Value: bson.A{0, 1, 2}}}},
+					{Key: "p", Value: bson.D{{Key: "bsonType", Value: "double"}, {Key: "minimum", Value: 0}, {Key: "maximum", Value: 100}}},
+					{Key: "pos", Value: num},
+					{Key: "dur", Value: num},
+					{Key: "c", Value: bson.D{{Key: "bsonType", Value: "bool"}}},
+					{Key: "e", Value: num},
+					{Key: "sr", Value: bson.D{{Key: "bsonType", Value: "string"}, {Key: "maxLength", Value: 128}}},
+				}},
+			}},
+		}},
+	}}}
+}
+
+func validateSeriesAndErase(ctx context.Context, db *mongo.Database, srv server) (string, error) {
+	if srv.ferretDB != "" {
+		return "schema validator not changed: the server is FerretDB (ferretdbVersion " + srv.ferretDB + "), which has no $jsonSchema", nil
+	}
+	err := db.RunCommand(ctx, bson.D{
+		{Key: "collMod", Value: kwmongo.ProgressCollection},
+		{Key: "validator", Value: progressValidatorV7()},
+		{Key: "validationLevel", Value: "strict"},
+		{Key: "validationAction", Value: "error"},
+	}).Err()
+	switch {
+	case err == nil:
+		return "", nil
+	case hasCode(err, codeNotImplemented):
+		return "schema validator not changed: the server does not implement validators", nil
+	default:
+		return "", fmt.Errorf("set validator on %s: %w", kwmongo.ProgressCollection, err)
+	}
 }
 
 // createCollection creates a collection, accepting that it exists.

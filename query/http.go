@@ -1,7 +1,9 @@
 package query
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -35,14 +37,22 @@ const OverlayHeader = "X-Keepwatch-Overlay"
 
 // Config configures the query service.
 type Config struct {
-	// FinishedThreshold is the percent at or above which a video is
-	// finished and leaves keep-watching; 95 when 0.
-	FinishedThreshold float64
+	// Rules decide what is finished and what is worth resuming; a zero
+	// FinishedPercent is 95.
+	Rules keepwatch.Rules
+	// MaxAge is how old progress may be and still show in keep watching
+	// (0: any age).
+	MaxAge time.Duration
 	// Overlay merges the user's pending Redis entries into every answer
 	// (read-your-writes). Without it, answers lag by up to a flush interval.
 	Overlay bool
 	// OverlayTimeout bounds the Redis read of an answer; 250ms when 0.
 	OverlayTimeout time.Duration
+	// ExportTimeout bounds one export, from its first read to its last
+	// line; 2m when 0.
+	ExportTimeout time.Duration
+	// Now is the clock of the age limit and the export; time.Now when nil.
+	Now func() time.Time
 }
 
 // DefaultEdge returns the documented defaults of the query API's HTTP edge.
@@ -73,6 +83,8 @@ func DefaultEdge() edge.Config {
 type Deps struct {
 	// Store is MongoDB; required.
 	Store Store
+	// Export reads a user's whole history from MongoDB; required.
+	Export Exporter
 	// Pending is the Redis buffer; used when Config.Overlay is set.
 	Pending Pending
 }
@@ -81,6 +93,8 @@ type Deps struct {
 type Server struct {
 	shell   *edge.Shell
 	reader  *reader
+	export  ExportSources
+	cfg     Config
 	metrics *metrics
 }
 
@@ -89,31 +103,42 @@ var errTooFast = &keepwatch.Error{Code: keepwatch.ERATELIMITED, RetryAfter: 1,
 
 // New adds the query API's routes to shell, registering its metrics on reg.
 func New(cfg Config, shell *edge.Shell, deps Deps, reg prometheus.Registerer) (*Server, error) {
-	if shell == nil || deps.Store == nil || reg == nil {
-		return nil, errors.New("query service: shell, Store and registerer are required")
+	if shell == nil || deps.Store == nil || deps.Export == nil || reg == nil {
+		return nil, errors.New("query service: shell, Store, Export and registerer are required")
 	}
 	if cfg.Overlay && deps.Pending == nil {
 		return nil, errors.New("query service: the overlay needs Pending")
 	}
-	if cfg.FinishedThreshold == 0 {
-		cfg.FinishedThreshold = 95
+	if cfg.Rules.FinishedPercent == 0 {
+		cfg.Rules.FinishedPercent = keepwatch.DefaultRules().FinishedPercent
 	}
-	if cfg.FinishedThreshold < 0 || cfg.FinishedThreshold > 100 {
-		return nil, fmt.Errorf("query service: finished threshold %v is not a percent", cfg.FinishedThreshold)
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, fmt.Errorf("query service: %w", err)
+	}
+	if cfg.MaxAge < 0 {
+		return nil, errors.New("query service: --keep-watching-max-age must not be negative")
 	}
 	if cfg.OverlayTimeout <= 0 {
 		cfg.OverlayTimeout = 250 * time.Millisecond
 	}
-	s := &Server{shell: shell, metrics: newMetrics(reg)}
+	if cfg.ExportTimeout <= 0 {
+		cfg.ExportTimeout = 2 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{shell: shell, cfg: cfg, metrics: newMetrics(reg)}
 	pending := deps.Pending
 	if !cfg.Overlay {
 		pending = nil
 	}
-	s.reader = &reader{store: deps.Store, pending: pending, threshold: cfg.FinishedThreshold,
+	s.reader = &reader{store: deps.Store, pending: pending, rules: cfg.Rules, maxAge: cfg.MaxAge, now: cfg.Now,
 		overlayTimeout: cfg.OverlayTimeout, metrics: s.metrics}
+	s.export = ExportSources{Store: deps.Store, Export: deps.Export, Pending: pending}
 	shell.Handle(fiber.MethodGet, "/v1/keep-watching", fiber.StatusOK, s.authed(s.getKeepWatching))
 	shell.Handle(fiber.MethodGet, "/v1/progress", fiber.StatusOK, s.authed(s.getProgressBatch))
 	shell.Handle(fiber.MethodGet, "/v1/progress/:video_id", fiber.StatusOK, s.authed(s.getProgressOne))
+	shell.Handle(fiber.MethodGet, "/v1/export", fiber.StatusOK, s.authed(s.getExport))
 	return s, nil
 }
 
@@ -144,11 +169,19 @@ func (s *Server) getKeepWatching(c *fiber.Ctx, userID string) error {
 		}
 		limit = n
 	}
-	res, err := s.reader.keepWatching(c.UserContext(), userID, limit)
+	group := true
+	switch v := c.Query("group"); v {
+	case "", "series":
+	case "none":
+		group = false
+	default:
+		return invalid("group", "must be series (one item per series, the default) or none (one per video)")
+	}
+	res, err := s.reader.keepWatching(c.UserContext(), userID, limit, group)
 	if err != nil {
 		return err
 	}
-	return s.send(c, res, appendItems(make([]byte, 0, 64+len(res.items)*itemSize), res.items))
+	return s.send(c, res, s.appendItems(make([]byte, 0, 64+len(res.items)*itemSize), res.items))
 }
 
 func (s *Server) getProgressBatch(c *fiber.Ctx, userID string) error {
@@ -173,7 +206,7 @@ func (s *Server) getProgressBatch(c *fiber.Ctx, userID string) error {
 	if err != nil {
 		return err
 	}
-	return s.send(c, res, appendItems(make([]byte, 0, 64+len(res.items)*itemSize), res.items))
+	return s.send(c, res, s.appendItems(make([]byte, 0, 64+len(res.items)*itemSize), res.items))
 }
 
 func (s *Server) getProgressOne(c *fiber.Ctx, userID string) error {
@@ -191,7 +224,32 @@ func (s *Server) getProgressOne(c *fiber.Ctx, userID string) error {
 		}
 		return keepwatch.Errorf(keepwatch.ENOTFOUND, "no progress for video %s", id)
 	}
-	return s.send(c, res, appendItem(make([]byte, 0, itemSize), res.items[0]))
+	return s.send(c, res, s.appendItem(make([]byte, 0, itemSize), res.items[0]))
+}
+
+// getExport streams everything keepwatch holds of the user as NDJSON. What
+// can fail as a whole (a store unreachable) fails before the first byte, as
+// a problem; a failure mid-stream ends the stream without its end line.
+func (s *Server) getExport(c *fiber.Ctx, userID string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ExportTimeout)
+	x, err := PrepareExport(ctx, s.export, s.reader.rules, userID, s.cfg.Now())
+	if err != nil {
+		cancel()
+		return s.reader.storeError(err)
+	}
+	c.Set(fiber.HeaderContentType, "application/x-ndjson")
+	c.Set(fiber.HeaderCacheControl, "private, no-store")
+	c.Set(fiber.HeaderContentDisposition, `attachment; filename="keepwatch-export.ndjson"`)
+	c.Status(fiber.StatusOK)
+	// The body is written after the handler returns, as the cursors yield
+	// it: constant memory whatever the history.
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer cancel()
+		if _, err := x.WriteTo(ctx, w); err != nil {
+			s.metrics.exportErrors.Inc()
+		}
+	})
+	return nil
 }
 
 func containsString(s []string, v string) bool {
@@ -265,24 +323,43 @@ func etagMatches(header, tag []byte) bool {
 const itemSize = 128
 
 // appendItems writes {"items":[...]}. Hand-written: it is the hot path, and
-// every field is a number or a video id, which needs no escaping.
-func appendItems(b []byte, items []keepwatch.Progress) []byte {
+// every field is a number or an id of a fixed alphabet, which needs no
+// escaping.
+func (s *Server) appendItems(b []byte, items []keepwatch.Progress) []byte {
 	b = append(b, `{"items":[`...)
 	for i, p := range items {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendItem(b, p)
+		b = s.appendItem(b, p)
 	}
 	return append(b, "]}"...)
 }
 
-// appendItem writes one item; position and duration are omitted when the
-// player did not send them, updated_at is the event time in RFC 3339 (UTC, ms).
-func appendItem(b []byte, p keepwatch.Progress) []byte {
-	b = append(b, `{"video_id":"`...)
+// appendItem writes one item, with what the rules decided of it.
+func (s *Server) appendItem(b []byte, p keepwatch.Progress) []byte {
+	b = append(b, '{')
+	b = appendItemFields(b, p, s.reader.rules.Finished(p.State))
+	return append(b, '}')
+}
+
+// appendItemFields writes an item's fields: series_id, episode, position and
+// duration are omitted when the player did not send them, finished is the
+// rules' verdict, updated_at is the event time in RFC 3339 (UTC, ms).
+func appendItemFields(b []byte, p keepwatch.Progress, finished bool) []byte {
+	b = append(b, `"video_id":"`...)
 	b = append(b, p.VideoID...)
-	b = append(b, `","percent":`...)
+	b = append(b, '"')
+	if p.SeriesID != "" {
+		b = append(b, `,"series_id":"`...)
+		b = append(b, p.SeriesID...)
+		b = append(b, '"')
+	}
+	if p.Episode >= 0 {
+		b = append(b, `,"episode":`...)
+		b = appendMillis(b, p.Episode)
+	}
+	b = append(b, `,"percent":`...)
 	b = appendMillis(b, p.Percent)
 	if p.Position >= 0 {
 		b = append(b, `,"position":`...)
@@ -292,9 +369,14 @@ func appendItem(b []byte, p keepwatch.Progress) []byte {
 		b = append(b, `,"duration":`...)
 		b = appendMillis(b, p.Duration)
 	}
+	if finished {
+		b = append(b, `,"finished":true`...)
+	} else {
+		b = append(b, `,"finished":false`...)
+	}
 	b = append(b, `,"updated_at":"`...)
 	b = appendTime(b, p.EventTime)
-	return append(b, `"}`...)
+	return append(b, '"')
 }
 
 // appendMillis writes a non-negative number kept to three decimals (every

@@ -89,7 +89,7 @@ type problem struct {
 }
 
 func TestKeepWatchingThreshold(t *testing.T) {
-	e := newEnv(t, func(s *setup) { s.cfg.FinishedThreshold = 80 })
+	e := newEnv(t, func(s *setup) { s.cfg.Rules.FinishedPercent = 80 })
 	e.stored("alice", "a", at(base+1, 79.999))
 	e.stored("alice", "b", at(base+2, 80))
 	e.pend("alice", "c", at(base+3, 85))
@@ -607,7 +607,7 @@ func TestKeepWatchingUsesIndex(t *testing.T) {
 	}
 	var keys bson.Raw
 	for _, s := range specs {
-		if s.Name == migrations.ProgressByUserIndex {
+		if s.Name == migrations.ProgressRowIndex {
 			keys = s.KeysDocument
 		}
 	}
@@ -615,11 +615,15 @@ func TestKeepWatchingUsesIndex(t *testing.T) {
 	if keys != nil {
 		_ = bson.Unmarshal(keys, &kd)
 	}
-	if len(kd) != 2 || kd[0].Key != "u" || fmt.Sprint(kd[0].Value) != "1" || kd[1].Key != "s.t" || fmt.Sprint(kd[1].Value) != "-1" {
-		t.Fatalf("index %s: keys %v, want {u: 1, s.t: -1}", migrations.ProgressByUserIndex, kd)
+	var spelled []string
+	for _, k := range kd {
+		spelled = append(spelled, fmt.Sprintf("%s:%v", k.Key, k.Value))
 	}
-	for _, also := range [][]string{nil, {"v01", "v02"}} {
-		raw, err := e.reader.ExplainKeepWatching(ctx, "alice", 95, 20, also)
+	if strings.Join(spelled, " ") != "u:1 s.k:1 s.t:-1 s.p:1 s.c:1" {
+		t.Fatalf("index %s: keys %v, want {u: 1, s.k: 1, s.t: -1, s.p: 1, s.c: 1}", migrations.ProgressRowIndex, kd)
+	}
+	for _, after := range []int64{-1, base + 5} {
+		raw, err := e.reader.ExplainRow(ctx, "alice", keepwatch.DefaultRules().Filter(after))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -633,9 +637,11 @@ func TestKeepWatchingUsesIndex(t *testing.T) {
 		if err != nil {
 			t.Fatalf("explain without winningPlan: %s", raw)
 		}
+		// One index scan, no sort stage: the index yields the order.
 		plan := winning.String()
-		if !strings.Contains(plan, `"IXSCAN"`) || !strings.Contains(plan, migrations.ProgressByUserIndex) || strings.Contains(plan, `"COLLSCAN"`) {
-			t.Fatalf("keep-watching (also=%v) does not use the index %s: %s", also, migrations.ProgressByUserIndex, plan)
+		if !strings.Contains(plan, `"IXSCAN"`) || !strings.Contains(plan, migrations.ProgressRowIndex) ||
+			strings.Contains(plan, `"COLLSCAN"`) || strings.Contains(plan, `"SORT"`) {
+			t.Fatalf("keep-watching (after %d) does not walk the index %s in order: %s", after, migrations.ProgressRowIndex, plan)
 		}
 	}
 }
@@ -654,7 +660,11 @@ func TestReadPreference(t *testing.T) {
 			t.Fatalf("%+v: %v", o, err)
 		}
 		// A standalone server (FerretDB, or one mongod) serves every mode.
-		got, err := r.KeepWatching(context.Background(), "alice", 95, 20, nil)
+		var got []keepwatch.Progress
+		_, err = r.Row(context.Background(), "alice", keepwatch.DefaultRules().Filter(-1), 20, func(p keepwatch.Progress) bool {
+			got = append(got, p)
+			return true
+		})
 		if err != nil || len(got) != 1 || got[0].VideoID != "a" {
 			t.Fatalf("%+v: %v %v", o, got, err)
 		}

@@ -11,6 +11,8 @@ type metrics struct {
 	overlayErrors prometheus.Counter
 	mongoErrors   prometheus.Counter
 	notModified   prometheus.Counter
+	rowRead       prometheus.Histogram
+	exportErrors  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,6 +33,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		notModified: f.NewCounter(prometheus.CounterOpts{
 			Name: "keepwatch_query_not_modified_total",
 			Help: "Answers 304 Not Modified because the client's ETag matched.",
+		}),
+		rowRead: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keepwatch_query_row_documents_read",
+			Help:    "MongoDB documents read per keep-watching answer: those the row shows or skips (older episodes of a series shown, videos the rules drop), plus at most a batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		exportErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "keepwatch_query_export_errors_total",
+			Help: "Exports that broke off after their first line (a store failed mid-stream, or the client went away); the stream lacks its end line.",
 		}),
 	}
 }

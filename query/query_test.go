@@ -69,7 +69,15 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 	}
 	t.Cleanup(func() { _ = store.Close(context.Background()) })
 	e.store = store
-	if err := migrations.Up(ctx, store.Database(), slog.New(slog.DiscardHandler)); err != nil {
+	// Migrate with a generous timeout: a test's short one is for its reads,
+	// and a loaded machine may take longer to build an index.
+	mig, err := kwmongo.Open(ctx, kwmongo.Options{URI: m.URI, Database: m.Database, Timeout: time.Minute})
+	if err != nil {
+		t.Fatalf("open mongo: %v", err)
+	}
+	err = migrations.Up(ctx, mig.Database(), slog.New(slog.DiscardHandler))
+	_ = mig.Close(ctx)
+	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
 	if e.reader, err = store.Reader(kwmongo.ReadOptions{}); err != nil {
@@ -99,7 +107,7 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv, err = query.New(s.cfg, e.shell, query.Deps{Store: e.reader, Pending: e.buf}, sreg)
+	e.srv, err = query.New(s.cfg, e.shell, query.Deps{Store: e.reader, Export: e.reader, Pending: e.buf}, sreg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,20 +119,27 @@ func newEnvWithMongo(t testing.TB, m *testenv.Mongo, timeout time.Duration, opts
 // its address, for requests that must cross a real connection.
 func (e *env) listen() string { return testenv.ServeLocal(e.t, e.shell) }
 
-// store writes a progress document of the documented shape, as the flusher does.
+// store writes a progress document of the documented shape, as the flusher
+// does; a state without completed, episode or series is written as the
+// release before them wrote it, without c, e and sr, so every test also
+// reads documents of the previous release.
 func (e *env) stored(user, video string, st keepwatch.State) {
 	e.t.Helper()
+	s := bson.D{
+		{Key: "t", Value: st.EventTime},
+		{Key: "k", Value: int32(st.Kind)},
+		{Key: "p", Value: st.Percent},
+		{Key: "pos", Value: st.Position},
+		{Key: "dur", Value: st.Duration},
+	}
+	if st.Completed || st.Episode != keepwatch.Unknown || st.SeriesID != "" {
+		s = append(s, bson.E{Key: "c", Value: st.Completed}, bson.E{Key: "e", Value: st.Episode}, bson.E{Key: "sr", Value: st.SeriesID})
+	}
 	doc := bson.D{
 		{Key: "_id", Value: keepwatch.ID(user, video)},
 		{Key: "u", Value: user},
 		{Key: "v", Value: video},
-		{Key: "s", Value: bson.D{
-			{Key: "t", Value: st.EventTime},
-			{Key: "k", Value: int32(st.Kind)},
-			{Key: "p", Value: st.Percent},
-			{Key: "pos", Value: st.Position},
-			{Key: "dur", Value: st.Duration},
-		}},
+		{Key: "s", Value: s},
 	}
 	_, err := e.store.Database().Collection(kwmongo.ProgressCollection).ReplaceOne(context.Background(),
 		bson.D{{Key: "_id", Value: keepwatch.ID(user, video)}}, doc, options.Replace().SetUpsert(true))
@@ -171,9 +186,12 @@ func (e *env) get(user, path string, headers ...string) *http.Response {
 
 type item struct {
 	VideoID   string   `json:"video_id"`
+	SeriesID  string   `json:"series_id"`
+	Episode   *float64 `json:"episode"`
 	Percent   float64  `json:"percent"`
 	Position  *float64 `json:"position"`
 	Duration  *float64 `json:"duration"`
+	Finished  *bool    `json:"finished"`
 	UpdatedAt string   `json:"updated_at"`
 }
 
@@ -204,11 +222,18 @@ func ids(is items) string {
 
 // at is progress at event time t (ms) with percent p, position and duration known.
 func at(t int64, p float64) keepwatch.State {
-	return keepwatch.State{EventTime: t, Percent: p, Position: p * 10, Duration: 1000}
+	return keepwatch.State{EventTime: t, Percent: p, Position: p * 10, Duration: 1000, Episode: keepwatch.Unknown}
 }
 
 func deleted(t int64) keepwatch.State {
-	return keepwatch.State{EventTime: t, Kind: keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}
+	return keepwatch.State{EventTime: t, Kind: keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown, Episode: keepwatch.Unknown}
+}
+
+// episode is at for an episode of a series.
+func episode(t int64, p float64, series string, n float64) keepwatch.State {
+	s := at(t, p)
+	s.SeriesID, s.Episode = series, n
+	return s
 }
 
 // base is an event time in the past so every ordering below is explicit.

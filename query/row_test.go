@@ -14,47 +14,87 @@ import (
 
 // BenchmarkKeepWatchingRow is keepwatch's own share of a keep-watching
 // answer, without the servers: merging 3 pending entries into 50 stored
-// states, filtering, sorting, encoding the JSON and hashing the ETag.
+// states offered newest first, grouping, filtering by the rules, encoding
+// the JSON and hashing the ETag.
 func BenchmarkKeepWatchingRow(b *testing.B) {
 	stored := make([]keepwatch.Progress, 50)
 	for i := range stored {
 		stored[i] = keepwatch.Progress{UserID: "alice", VideoID: fmt.Sprintf("video-%02d", i),
-			State: keepwatch.State{EventTime: 1_732_240_000_000 - int64(i)*60_000, Percent: float64(i), Position: float64(i) * 10, Duration: 2700}}
+			State: keepwatch.State{EventTime: 1_732_240_000_000 - int64(i)*60_000, Percent: float64(i), Position: float64(i) * 10, Duration: 2700, Episode: keepwatch.Unknown}}
+		if i%5 == 0 {
+			stored[i].SeriesID, stored[i].Episode = "series-"+strconv.Itoa(i%3), float64(i)
+		}
 	}
 	pending := []keepwatch.Progress{
-		{UserID: "alice", VideoID: "video-10", State: keepwatch.State{EventTime: 1_732_250_000_000, Percent: 55, Position: 1500, Duration: 2700}},
-		{UserID: "alice", VideoID: "video-20", State: keepwatch.State{EventTime: 1_732_250_000_001, Kind: keepwatch.KindDeleted, Position: -1, Duration: -1}},
-		{UserID: "alice", VideoID: "brand-new", State: keepwatch.State{EventTime: 1_732_250_000_002, Percent: 1, Position: -1, Duration: -1}},
+		{UserID: "alice", VideoID: "video-10", State: keepwatch.State{EventTime: 1_732_250_000_000, Percent: 55, Position: 1500, Duration: 2700, Episode: -1}},
+		{UserID: "alice", VideoID: "video-20", State: keepwatch.State{EventTime: 1_732_250_000_001, Kind: keepwatch.KindDeleted, Position: -1, Duration: -1, Episode: -1}},
+		{UserID: "alice", VideoID: "brand-new", State: keepwatch.State{EventTime: 1_732_250_000_002, Percent: 1, Position: -1, Duration: -1, Episode: -1}},
 	}
+	s := &Server{reader: &reader{rules: keepwatch.DefaultRules()}}
 	work := make([]keepwatch.Progress, 0, 64)
 	b.ReportAllocs()
 	for b.Loop() {
-		// The store returns a fresh slice each time.
-		work = append(work[:0], stored...)
-		items, _ := keepWatchingRow(work, pending, 95, 20)
-		body := appendItems(make([]byte, 0, 64+len(items)*itemSize), items)
+		// The store returns the pending videos' stored states.
+		work = append(work[:0], stored[10], stored[20])
+		merged, erase, _ := overlay(work, pending)
+		m := newRowMerger(newRow(s.reader.rules, erase, 20, true), merged, videoIDs(pending))
+		for _, p := range stored {
+			if !m.offer(p) {
+				break
+			}
+		}
+		items := m.finish()
+		body := s.appendItems(make([]byte, 0, 64+len(items)*itemSize), items)
 		if xxhash.Sum64(body) == 0 || len(body) == 0 {
 			b.Fatal("empty body")
 		}
 	}
 }
 
-func TestKeepWatchingRow(t *testing.T) {
-	p := func(v string, t int64, pct float64) keepwatch.Progress {
-		return keepwatch.Progress{VideoID: v, State: keepwatch.State{EventTime: t, Percent: pct, Position: -1, Duration: -1}}
+func TestRowMerger(t *testing.T) {
+	p := func(v string, t int64, pct float64, series string) keepwatch.Progress {
+		return keepwatch.Progress{VideoID: v, State: keepwatch.State{EventTime: t, Percent: pct, Position: -1, Duration: -1, Episode: -1, SeriesID: series}}
 	}
-	stored := []keepwatch.Progress{p("a", 5, 10), p("b", 4, 10), p("c", 3, 10)}
-	pending := []keepwatch.Progress{p("c", 9, 20), p("b", 1, 50), p("d", 2, 10)}
-	items, hit := keepWatchingRow(slices.Clone(stored), pending, 95, 3)
-	var got []string
-	for _, i := range items {
-		got = append(got, fmt.Sprintf("%s:%g", i.VideoID, i.Percent))
-	}
-	if want := []string{"c:20", "a:10", "b:10"}; !hit || !slices.Equal(got, want) {
-		t.Fatalf("got %v (hit %v), want %v", got, hit, want)
-	}
-	if _, hit := keepWatchingRow(slices.Clone(stored), []keepwatch.Progress{p("a", 1, 99)}, 95, 3); hit {
-		t.Fatal("an older pending entry counted as a hit")
+	// MongoDB's candidates, newest first; the stored states of the pending
+	// videos; the pending entries.
+	stream := []keepwatch.Progress{p("a", 9, 10, "s"), p("b", 8, 10, "s"), p("c", 7, 10, ""), p("d", 5, 10, "t"), p("e", 3, 10, "")}
+	stored := []keepwatch.Progress{p("c", 7, 10, ""), p("d", 5, 10, "t")}
+	pending := []keepwatch.Progress{p("c", 6, 20, ""), p("d", 10, 99, "t"), p("x", 4, 1, "t"), {VideoID: "", State: keepwatch.EraseState(3)}}
+	for _, tc := range []struct {
+		name    string
+		limit   int
+		group   bool
+		want    []string
+		offered int
+	}{
+		{"grouped", 10, true, []string{"a:10", "c:10", "x:1"}, 5},
+		{"flat", 10, false, []string{"a:10", "b:10", "c:10", "x:1"}, 5},
+		{"stops when full", 1, true, []string{"a:10"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			merged, erase, hit := overlay(slices.Clone(stored), pending)
+			if erase != 3 || !hit {
+				t.Fatalf("erase %d, hit %v; want 3 and a hit", erase, hit)
+			}
+			m := newRowMerger(newRow(keepwatch.DefaultRules(), erase, tc.limit, tc.group), merged, videoIDs(pending))
+			offered := 0
+			for _, s := range stream {
+				offered++
+				if !m.offer(s) {
+					break
+				}
+			}
+			var got []string
+			for _, i := range m.finish() {
+				got = append(got, fmt.Sprintf("%s:%g", i.VideoID, i.Percent))
+			}
+			// c's pending entry is older than its stored state; d is
+			// finished by its pending entry, so x holds t's place; e is
+			// erased.
+			if !slices.Equal(got, tc.want) || offered != tc.offered {
+				t.Fatalf("got %v after %d offers, want %v after %d", got, offered, tc.want, tc.offered)
+			}
+		})
 	}
 }
 

@@ -126,7 +126,7 @@ func addCommand(ctx context.Context, env *environment, g *run.Group, cfg *comman
 		g.Add(func() error {
 			defer closeRedis()
 			defer func() { _ = store.Close(context.WithoutCancel(ctx)) }()
-			return fl.Run(fctx)
+			return fl.run(fctx)
 		}, func(error) { cancel() })
 	}
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -30,6 +31,7 @@ type devConfig struct {
 	tokenTTL      time.Duration
 	flushInterval time.Duration
 	demoAddr      string
+	rules         rulesConfig
 }
 
 func (c *devConfig) register(fs *flag.FlagSet) {
@@ -41,6 +43,21 @@ func (c *devConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.tokenTTL, "token-ttl", 30*24*time.Hour, "how long the printed development token is valid")
 	fs.DurationVar(&c.flushInterval, "flush-interval", 5*time.Second, "time between two drains of the buffer to MongoDB (an entry waits about this long)")
 	fs.StringVar(&c.demoAddr, "demo-addr", "localhost:8083", "address of the player SDK demo page (empty: none); the page holds the development token, so keep it on loopback")
+	c.rules.register(fs)
+}
+
+// queryFlags are the flags dev hands its query service: the rules.
+func (c *devConfig) queryFlags(log *slog.Logger) (map[string]string, error) {
+	r, err := c.rules.get(log)
+	if err != nil {
+		return nil, err
+	}
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	return map[string]string{
+		"finished-percent": f(r.FinishedPercent), "finished-remaining": f(r.FinishedRemaining),
+		"min-resume-percent": f(r.MinResumePercent), "min-resume-seconds": f(r.MinResumeSeconds),
+		"keep-watching-max-age": c.rules.maxAge.String(),
+	}, nil
 }
 
 // runDev runs the command API with its flusher and the query API in one
@@ -131,8 +148,12 @@ func runDevWith(ctx context.Context, env *environment, cfg devConfig) error {
 	}); err != nil {
 		return err
 	}
+	rules, err := cfg.queryFlags(log)
+	if err != nil {
+		return err
+	}
 	var qc queryConfig
-	if err := setFlags("query", qc.register, common, map[string]string{"http-addr": cfg.queryAddr}); err != nil {
+	if err := setFlags("query", qc.register, common, rules, map[string]string{"http-addr": cfg.queryAddr}); err != nil {
 		return err
 	}
 
@@ -243,8 +264,8 @@ func printBanner(env *environment, cfg devConfig, rds *devRedis, mongoDir, mongo
 	fmt.Fprintf(w, `
 keepwatch dev is running. Data: %s (survives restarts). Ctrl-C stops everything.
 %s
-  command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}
-  query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}
+  command API  %s   POST /v1/progress, POST /v1/progress/batch, DELETE /v1/progress/{video_id}, DELETE /v1/progress
+  query API    %s   GET /v1/keep-watching, GET /v1/progress?video_ids=..., GET /v1/progress/{video_id}, GET /v1/export
   flusher      in-process, every %s
   Redis        %s
   MongoDB      embedded FerretDB on %s, SQLite in %s

@@ -21,7 +21,9 @@ import (
 // (in-process flusher) and `keepwatch flush`.
 type flushConfig struct {
 	flush.Config
-	chunk int
+	chunk     int
+	retention time.Duration
+	sweep     flush.SweepConfig
 }
 
 // register adds the --flush-* flags.
@@ -39,21 +41,59 @@ func (c *flushConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxBackoff, "flush-max-backoff", d.MaxBackoff, "longest wait between two retries")
 	fs.IntVar(&c.DeadLetterAfter, "flush-dead-letter-after", d.DeadLetterAfter,
 		"failed attempts after which a batch goes to dead letters: writes MongoDB refused, and claims whose flusher died (MongoDB being unreachable never counts)")
+	fs.DurationVar(&c.retention, "retention", 365*24*time.Hour,
+		"how long after its newest event a progress document (an erase's tombstone too) may be removed; keep it at least --keep-watching-max-age (0: never)")
+	fs.DurationVar(&c.sweep.Interval, "retention-sweep-interval", time.Hour,
+		"time between two sweeps of documents past --retention (MongoDB's TTL index removes them too; FerretDB has none; 0: no sweep)")
+	fs.IntVar(&c.sweep.Batch, "retention-sweep-batch", 1000, "most documents one delete of the retention sweep touches")
+	fs.IntVar(&c.sweep.MaxPerSweep, "retention-sweep-max", 100_000, "most documents one retention sweep deletes; the rest waits for the next")
 }
 
-// startFlusher builds the flusher of a process; the caller runs it with Run
-// and closes store after Run returns.
-func startFlusher(env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (*flush.Flusher, error) {
+// flusherParts are what a process runs to flush: the flusher and the
+// retention sweep.
+type flusherParts struct {
+	flusher *flush.Flusher
+	sweeper *flush.Sweeper
+}
+
+// run runs both until ctx ends.
+func (p flusherParts) run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.sweeper.Run(ctx)
+	}()
+	err := p.flusher.Run(ctx)
+	<-done
+	return err
+}
+
+// startFlusher builds the flusher of a process and its retention sweep; the
+// caller runs them with run and closes store after run returns.
+func startFlusher(env *environment, cfg *flushConfig, buf *redisbuf.Buffer, store *mongo.Store, reg prometheus.Registerer) (flusherParts, error) {
 	if cfg.chunk < 1 || cfg.Batch < 1 || cfg.Parallelism < 1 || cfg.Interval <= 0 {
-		return nil, usageError{"--flush-chunk, --flush-batch, --flush-parallelism and --flush-interval must be positive"}
+		return flusherParts{}, usageError{"--flush-chunk, --flush-batch, --flush-parallelism and --flush-interval must be positive"}
 	}
-	fl, err := flush.New(buf, store.WithWriteChunk(cfg.chunk), cfg.Config, env.logger.With("component", "flush"), reg)
+	if cfg.retention < 0 {
+		return flusherParts{}, usageError{"--retention must not be negative"}
+	}
+	writer := store.WithWriteChunk(cfg.chunk).WithRetention(cfg.retention)
+	fl, err := flush.New(buf, writer, cfg.Config, env.logger.With("component", "flush"), reg)
 	if err != nil {
-		return nil, usageError{err.Error()}
+		return flusherParts{}, usageError{err.Error()}
+	}
+	sweep := cfg.sweep
+	if cfg.retention == 0 {
+		sweep.Interval = 0
+	}
+	sw, err := flush.NewSweeper(writer, sweep, env.logger.With("component", "retention"), reg)
+	if err != nil {
+		return flusherParts{}, usageError{err.Error()}
 	}
 	env.logger.Info("flusher configured", "interval", cfg.Interval, "batch", cfg.Batch,
-		"parallelism", cfg.Parallelism, "lease", cfg.Lease, "chunk", cfg.chunk)
-	return fl, nil
+		"parallelism", cfg.Parallelism, "lease", cfg.Lease, "chunk", cfg.chunk,
+		"retention", cfg.retention, "retention_sweep_interval", sweep.Interval)
+	return flusherParts{flusher: fl, sweeper: sw}, nil
 }
 
 // flushEdge is the HTTP edge of `keepwatch flush`: probes and scrapes only.
@@ -140,7 +180,7 @@ func serveFlush(ctx context.Context, env *environment, g *run.Group, args []stri
 	g.Add(func() error {
 		defer release()
 		defer close(flushDone)
-		return fl.Run(fctx)
+		return fl.run(fctx)
 	}, func(error) {
 		shell.Drain()
 		fcancel()

@@ -1,6 +1,6 @@
 // Command keepwatch is the one binary of keepwatch: each component is a
-// subcommand (command, flush, query, migrate, replay, token, dev, version) in
-// its own file.
+// subcommand (command, flush, query, migrate, replay, erase, export, token,
+// dev, version) in its own file.
 package main
 
 import (
@@ -55,6 +55,8 @@ func subcommands() map[string]subcommand {
 		"query":   {summary: "run the query API (keep-watching for frontends)", serve: serveQuery},
 		"migrate": {summary: "apply (up) or show (status) MongoDB migrations", run: runMigrate},
 		"replay":  {summary: "list, show, retry or discard dead-lettered batches", run: runReplay},
+		"erase":   {summary: "erase everything keepwatch holds of a user (MongoDB, Redis, dead letters)", run: runErase},
+		"export":  {summary: "write everything keepwatch holds of a user to stdout as NDJSON", run: runExport},
 		"token":   {summary: "mint a development token for a user", run: runToken},
 		"dev":     {summary: "run command, flusher and query in one process with no setup", run: runDev},
 		"version": {summary: "print the version, the source revision and the Go version", run: runVersion},

@@ -19,7 +19,8 @@ import (
 type queryConfig struct {
 	http           httpConfig
 	api            apiConfig
-	threshold      float64
+	rules          rulesConfig
+	exportTimeout  time.Duration
 	readPreference string
 	maxStaleness   time.Duration
 	overlay        bool
@@ -36,7 +37,8 @@ func (c *queryConfig) register(fs *flag.FlagSet) {
 		"requests per second per user, sustained (0: no limit); with --rate-burst sized for a frontend: a page load (keep-watching plus a progress lookup per row of thumbnails, or one GET per thumbnail of a 50-thumbnail page) fits in the burst, a user scrolling on in the rate")
 	fs.IntVar(&c.http.edge.Rate.Burst, "rate-burst", e.Rate.Burst, "requests a user may send at once above the rate")
 	fs.IntVar(&c.http.edge.Rate.Users, "rate-users", e.Rate.Users, "users the rate limiter tracks at most (memory bound)")
-	fs.Float64Var(&c.threshold, "finished-threshold", 95, "percent at or above which a video is finished and leaves keep-watching")
+	c.rules.register(fs)
+	fs.DurationVar(&c.exportTimeout, "export-timeout", 2*time.Minute, "longest one GET /v1/export may take, from its first read to its last line (--write-timeout bounds the writing too)")
 	fs.StringVar(&c.readPreference, "read-preference", "primary",
 		"MongoDB members that serve reads: primary, primaryPreferred, secondary, secondaryPreferred or nearest")
 	fs.DurationVar(&c.maxStaleness, "max-staleness", 0,
@@ -127,11 +129,17 @@ func addQuery(ctx context.Context, env *environment, g *run.Group, cfg *queryCon
 	if err != nil {
 		return usageError{err.Error()}
 	}
+	rules, err := cfg.rules.get(log)
+	if err != nil {
+		return err
+	}
 	if _, err := query.New(query.Config{
-		FinishedThreshold: cfg.threshold,
-		Overlay:           cfg.overlay,
-		OverlayTimeout:    cfg.overlayTimeout,
-	}, shell, query.Deps{Store: reader, Pending: pending}, reg); err != nil {
+		Rules:          rules,
+		MaxAge:         cfg.rules.maxAge,
+		Overlay:        cfg.overlay,
+		OverlayTimeout: cfg.overlayTimeout,
+		ExportTimeout:  cfg.exportTimeout,
+	}, shell, query.Deps{Store: reader, Export: reader, Pending: pending}, reg); err != nil {
 		return usageError{err.Error()}
 	}
 
@@ -140,7 +148,7 @@ func addQuery(ctx context.Context, env *environment, g *run.Group, cfg *queryCon
 		return fmt.Errorf("listen on %s: %w", cfg.http.addr, err)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "overlay", cfg.overlay,
-		"read_preference", cfg.readPreference, "finished_threshold", cfg.threshold)
+		"read_preference", cfg.readPreference, "finished_percent", rules.FinishedPercent, "keep_watching_max_age", cfg.rules.maxAge)
 	shell.AddTo(g, ln, edge.Stopping{Stopped: func() {
 		if client != nil {
 			_ = client.Close()

@@ -124,7 +124,10 @@ func TestPlayerSDKInChromium(t *testing.T) {
 		"--auth-secret", secret, "--cors-origins", pages.URL, "--shutdown-grace", "2s"}
 	command := startService(t, append([]string{"command", "--flush-interval", "200ms"}, common...)...)
 	limited := startService(t, append([]string{"command", "--flush=false", "--rate-limit", "0.2", "--rate-burst", "1"}, common...)...)
-	query := startService(t, append([]string{"query"}, common...)...)
+	// The script polls the query API every 100 ms while it waits (for the
+	// rate-limited player's last position, up to 90 s): no rate limit
+	// there, or the polling itself is refused past the burst.
+	query := startService(t, append([]string{"query", "--rate-limit", "0"}, common...)...)
 	runNodeTests(t, node, "e2e.test.js", map[string]string{
 		"KW_PAGES_URL":           pages.URL,
 		"KW_COMMAND_URL":         command,

@@ -58,14 +58,22 @@ func newEnv(t testing.TB, m *testenv.Mongo, o mongo.Options) *env {
 	if o.Timeout == 0 {
 		o.Timeout = 20 * time.Second
 	}
+	// Migrate with a generous timeout: a test's short one is for its
+	// flushing, and a loaded machine may take longer to build an index.
+	mig, err := mongo.Open(context.Background(), mongo.Options{URI: o.URI, Database: o.Database, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = migrations.Up(context.Background(), mig.Database(), slog.New(slog.DiscardHandler))
+	_ = mig.Close(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	store, err := mongo.Open(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close(context.Background()) })
-	if err := migrations.Up(context.Background(), store.Database(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
 	return &env{t: t, redis: r, mongo: m, buf: buf, store: store, want: map[string]keepwatch.State{}}
 }
 

@@ -14,8 +14,9 @@ import (
 )
 
 // ProgressStates reads every progress document straight from the collection,
-// not through keepwatch's reader, as a map _id → state. It fails the test if
-// a document's _id is not keepwatch.ID(u, v).
+// not through keepwatch's reader, as a map _id → state; a user's erase
+// tombstone is "<user>/". It fails the test if a document's _id is not
+// keepwatch.ID(u, v).
 func ProgressStates(t testing.TB, db *mgo.Database) map[string]keepwatch.State {
 	t.Helper()
 	cur, err := db.Collection(mongo.ProgressCollection).Find(context.Background(), bson.D{})
@@ -27,11 +28,14 @@ func ProgressStates(t testing.TB, db *mgo.Database) map[string]keepwatch.State {
 		U  string `bson:"u"`
 		V  string `bson:"v"`
 		S  struct {
-			T   int64   `bson:"t"`
-			K   int32   `bson:"k"`
-			P   float64 `bson:"p"`
-			Pos float64 `bson:"pos"`
-			Dur float64 `bson:"dur"`
+			T   int64    `bson:"t"`
+			K   int32    `bson:"k"`
+			P   float64  `bson:"p"`
+			Pos float64  `bson:"pos"`
+			Dur float64  `bson:"dur"`
+			C   bool     `bson:"c"`
+			E   *float64 `bson:"e"`
+			Sr  string   `bson:"sr"`
 		} `bson:"s"`
 	}
 	if err := cur.All(context.Background(), &docs); err != nil {
@@ -42,7 +46,12 @@ func ProgressStates(t testing.TB, db *mgo.Database) map[string]keepwatch.State {
 		if d.ID != keepwatch.ID(d.U, d.V) {
 			t.Fatalf("document %q has u=%q v=%q", d.ID, d.U, d.V)
 		}
-		out[d.ID] = keepwatch.State{EventTime: d.S.T, Kind: keepwatch.Kind(d.S.K), Percent: d.S.P, Position: d.S.Pos, Duration: d.S.Dur}
+		st := keepwatch.State{EventTime: d.S.T, Kind: keepwatch.Kind(d.S.K), Percent: d.S.P, Position: d.S.Pos, Duration: d.S.Dur,
+			Completed: d.S.C, Episode: keepwatch.Unknown, SeriesID: d.S.Sr}
+		if d.S.E != nil {
+			st.Episode = *d.S.E
+		}
+		out[d.ID] = st
 	}
 	return out
 }

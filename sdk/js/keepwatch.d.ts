@@ -22,6 +22,10 @@ export interface TrackOptions {
   commandUrl: string;
   /** The video's id: 1–128 characters of A-Z a-z 0-9 . _ : - */
   videoId: string;
+  /** The series the video is an episode of (the rules of videoId): keep-watching shows a series once, at its most recently watched unfinished episode. */
+  seriesId?: string;
+  /** The episode's ordering number in its series, 0–99 999 999.999 (e.g. 102 for season 1 episode 2). */
+  episode?: number;
   /** Called before sends; refresh: true once after a 401. */
   token: TokenSource;
   /** Milliseconds between heartbeats while the media plays; default 10 000. */
@@ -61,21 +65,33 @@ export interface QueryOptions {
   fetch?: typeof fetch;
 }
 
-/** The position in seconds to resume at; null when none, or finished (percent ≥ finished, default 95). */
-export function resumePosition(options: QueryOptions & { videoId: string; finished?: number }): Promise<number | null>;
+/**
+ * The position in seconds to resume at; null when none, or finished by the server's verdict.
+ * `finished` (percent, default 95) only serves servers too old to send their verdict.
+ */
+export function resumePosition(options: QueryOptions & { videoId: string; /** @deprecated the server decides */ finished?: number }): Promise<number | null>;
 
-/** One video of keep-watching. */
+/** One item of keep-watching: a video, or a series at its most recently watched unfinished episode. */
 export interface KeepWatchingItem {
   video_id: string;
+  /** The series the video is an episode of, when the player sent one. */
+  series_id?: string;
+  /** The episode's ordering number, when the player sent one. */
+  episode?: number;
   percent: number;
   position?: number;
   duration?: number;
+  /** The server's verdict by its rules: always false in keep-watching, whose videos are unfinished. */
+  finished: boolean;
   /** When the progress happened, RFC 3339 in UTC. */
   updated_at: string;
 }
 
-/** The user's unfinished videos, newest first; limit 1–100, default 20. */
-export function fetchKeepWatching(options: QueryOptions & { limit?: number }): Promise<KeepWatchingItem[]>;
+/**
+ * The user's keep-watching row, newest first; limit 1–100, default 20.
+ * group 'series' (the default): one item per series; 'none': one per video.
+ */
+export function fetchKeepWatching(options: QueryOptions & { limit?: number; group?: 'series' | 'none' }): Promise<KeepWatchingItem[]>;
 
 /** Takes a video out of keep-watching (DELETE /v1/progress/{video_id}). */
 export function removeProgress(options: { commandUrl: string; videoId: string; token: TokenSource; fetch?: typeof fetch }): Promise<void>;

@@ -117,6 +117,12 @@ class Tracker {
     if (typeof o.token !== 'function') {
       throw new TypeError('keepwatch: token must be a function returning the bearer token (or a promise of it)');
     }
+    if (o.seriesId !== undefined && !validVideoId(o.seriesId)) {
+      throw new TypeError(`keepwatch: seriesId ${JSON.stringify(o.seriesId)} is not 1–128 characters of A-Z a-z 0-9 . _ : -`);
+    }
+    if (o.episode !== undefined && !(Number.isFinite(o.episode) && o.episode >= 0 && o.episode <= MAX_SECONDS)) {
+      throw new RangeError(`keepwatch: episode must be a number from 0 to ${MAX_SECONDS}`);
+    }
     for (const name of ['interval', 'seekDebounce', 'maxQueued', 'maxQueuedBytes', 'retryBase', 'retryMax']) {
       if (!(Number.isFinite(o[name]) && o[name] > 0)) throw new RangeError(`keepwatch: ${name} must be a positive number`);
     }
@@ -242,10 +248,16 @@ class Tracker {
     if (duration <= 0) return null;
     const position = round3(Math.min(Math.max(p, 0), duration));
     const percent = round3(Math.min(100, Math.max(0, (position / duration) * 100)));
+    const e = { video_id: this.#o.videoId, percent, position, duration };
+    if (this.#o.seriesId !== undefined) e.series_id = this.#o.seriesId;
+    if (this.#o.episode !== undefined) e.episode = round3(this.#o.episode);
+    // Played to its end: the server counts it finished whatever its rule
+    // for the credits says.
+    if (this.#media.ended) e.completed = true;
     return {
       id: `${SESSION}.${++observations}`,
       u: this.#user,
-      e: { video_id: this.#o.videoId, percent, position, duration },
+      e,
       ts: Date.now(),
       s: SESSION,
       m: monotonic(),
@@ -705,25 +717,31 @@ function queryBase(queryUrl) {
 
 /**
  * resumePosition returns the position in seconds to resume videoId at, or
- * null when there is none or the video is finished (percent at or above
- * `finished`, 95 by default as the server's keep-watching).
+ * null when there is none or the video is finished. Finished is the
+ * server's verdict (its `finished` field, by its rules for percent, credits
+ * and the player's end); `finished` here only serves servers too old to send
+ * one (percent at or above it, 95 by default).
  */
 export async function resumePosition({ queryUrl, videoId, token, finished = defaults.finished, fetch }) {
   if (!validVideoId(videoId)) throw new TypeError(`keepwatch: videoId ${JSON.stringify(videoId)} is not 1–128 characters of A-Z a-z 0-9 . _ : -`);
   const { status, body } = await get(`${queryBase(queryUrl)}/v1/progress/${videoId}`, { token, fetch }, 'resume position');
-  if (status === 404 || !body || body.percent >= finished) return null;
+  if (status === 404 || !body) return null;
+  if (typeof body.finished === 'boolean' ? body.finished : body.percent >= finished) return null;
   if (Number.isFinite(body.position)) return body.position;
   if (Number.isFinite(body.duration)) return round3((body.percent / 100) * body.duration);
   return null;
 }
 
 /**
- * fetchKeepWatching returns the user's unfinished videos, newest first:
- * [{video_id, percent, position?, duration?, updated_at}].
+ * fetchKeepWatching returns the user's keep-watching row, newest first:
+ * [{video_id, series_id?, episode?, percent, position?, duration?, finished,
+ * updated_at}], one item per series unless group is 'none'.
  */
-export async function fetchKeepWatching({ queryUrl, token, limit = 20, fetch }) {
+export async function fetchKeepWatching({ queryUrl, token, limit = 20, group = 'series', fetch }) {
   if (!(Number.isInteger(limit) && limit >= 1 && limit <= 100)) throw new RangeError('keepwatch: limit must be an integer from 1 to 100');
-  const { body } = await get(`${queryBase(queryUrl)}/v1/keep-watching?limit=${limit}`, { token, fetch }, 'keep-watching');
+  if (group !== 'series' && group !== 'none') throw new RangeError("keepwatch: group must be 'series' or 'none'");
+  const q = group === 'series' ? `limit=${limit}` : `limit=${limit}&group=${group}`;
+  const { body } = await get(`${queryBase(queryUrl)}/v1/keep-watching?${q}`, { token, fetch }, 'keep-watching');
   return body?.items ?? [];
 }
 

@@ -49,6 +49,11 @@ func (d deadLetterDoc) deadLetter() keepwatch.DeadLetter {
 // AddDeadLetter stores a dead letter and returns its ID. Zero times are set
 // to now. The error wraps keepwatch.ErrUnavailable when MongoDB is
 // unreachable: the caller must then keep the entries where they are.
+//
+// Like WriteProgress, it takes a second look at the tombstones of the
+// entries' users once the dead letter is stored, and purges what an erase
+// that ran meanwhile covers; if it cannot, it removes the dead letter again
+// and fails, so the caller keeps the entries and tries later.
 func (s *Store) AddDeadLetter(ctx context.Context, dl keepwatch.DeadLetter) (string, error) {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	if dl.FirstFailure.IsZero() {
@@ -66,13 +71,26 @@ func (s *Store) AddDeadLetter(ctx context.Context, dl keepwatch.DeadLetter) (str
 		doc.Entries[i] = deadEntryDoc{U: e.UserID, V: e.VideoID, S: fromState(e.State), Error: e.Error}
 	}
 	doc.ID = bson.NewObjectID()
-	if _, err := s.db.Collection(DeadLetterCollection).InsertOne(ctx, doc); err != nil {
+	coll := s.db.Collection(DeadLetterCollection)
+	if _, err := coll.InsertOne(ctx, doc); err != nil {
 		if transient(err) {
 			return "", unavailable("add dead letter", err)
 		}
 		return "", fmt.Errorf("add dead letter: %w", err)
 	}
+	if err := s.purgeCovered(ctx, progressOf(dl.Entries)); err != nil {
+		_, derr := coll.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: doc.ID}})
+		return "", errors.Join(fmt.Errorf("add dead letter: %w", err), derr)
+	}
 	return doc.ID.Hex(), nil
+}
+
+func progressOf(es []keepwatch.DeadEntry) []keepwatch.Progress {
+	out := make([]keepwatch.Progress, len(es))
+	for i, e := range es {
+		out[i] = e.Progress
+	}
+	return out
 }
 
 // DeadLetters lists up to limit dead letters (0: all), oldest first, without
@@ -145,7 +163,8 @@ func (s *Store) DeleteDeadLetter(ctx context.Context, id string) error {
 
 // ReplaceDeadLetterEntries records a failed replay: the entries that still
 // fail (the others were written) with their errors, the error, one more
-// attempt and the time.
+// attempt and the time. Then it purges what a tombstone covers, for an erase
+// that ran during the replay (see AddDeadLetter).
 func (s *Store) ReplaceDeadLetterEntries(ctx context.Context, id string, entries []keepwatch.DeadEntry, errMsg string) error {
 	oid, err := bson.ObjectIDFromHex(id)
 	if err != nil {
@@ -170,11 +189,10 @@ func (s *Store) ReplaceDeadLetterEntries(ctx context.Context, id string, entries
 	if res.MatchedCount == 0 {
 		return keepwatch.Errorf(keepwatch.ENOTFOUND, "no dead letter %q", id)
 	}
+	if err := s.purgeCovered(ctx, progressOf(entries)); err != nil {
+		return fmt.Errorf("update dead letter %s: %w", id, err)
+	}
 	return nil
-}
-
-func fromState(st keepwatch.State) stateDoc {
-	return stateDoc{T: st.EventTime, K: int32(st.Kind), P: st.Percent, Pos: st.Position, Dur: st.Duration}
 }
 
 // opError wraps transient errors with keepwatch.ErrUnavailable.

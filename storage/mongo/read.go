@@ -51,7 +51,8 @@ func (o ReadOptions) ReadPref() (*readpref.ReadPref, error) {
 // query service can send reads to secondaries while writers stay on the
 // primary.
 type Reader struct {
-	coll *mongo.Collection
+	coll        *mongo.Collection
+	deadLetters *mongo.Collection
 }
 
 // Reader returns a reader of the progress collection with o's read preference.
@@ -60,64 +61,73 @@ func (s *Store) Reader(o ReadOptions) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{coll: s.db.Collection(ProgressCollection, options.Collection().SetReadPreference(rp))}, nil
+	return &Reader{
+		coll:        s.db.Collection(ProgressCollection, options.Collection().SetReadPreference(rp)),
+		deadLetters: s.db.Collection(DeadLetterCollection, options.Collection().SetReadPreference(rp)),
+	}, nil
 }
 
-// keepWatchingQuery is the one query behind KeepWatching and its explain.
-//
-// The filter selects the user's unfinished, not deleted videos plus, whatever
-// their state, the videos named in also (the caller's pending entries, whose
-// stored state must be known to decide which one is newer). It is sorted by
-// event time, newest first, so MongoDB walks the index {u: 1, "s.t": -1} and
-// stops after limit documents.
-//
-// Fetching also's documents only when they rank within the limit is enough:
-// a document that ranks below limit+len(also) others is older than all of
-// them, so a pending entry it would beat is older still and cannot make the
-// caller's top limit either.
-func keepWatchingQuery(userID string, finishedThreshold float64, also []string) bson.D {
-	unfinished := bson.D{
-		{Key: "s.k", Value: int32(keepwatch.KindProgress)},
-		{Key: "s.p", Value: bson.D{{Key: "$lt", Value: finishedThreshold}}},
-	}
-	if len(also) == 0 {
-		return append(bson.D{{Key: "u", Value: userID}}, unfinished...)
-	}
+// rowQuery is the one query behind Row and its explain: the user's progress
+// (not removals or erases), newer than f.After, with a percent in
+// [f.MinPercent, f.BelowPercent) and not completed, newest first. Every
+// condition is on a key of the index {u, s.k, s.t: -1, s.p, s.c}
+// (migrations.ProgressRowIndex): MongoDB walks the user's progress keys
+// newest first from f.After on, checks s.p and s.c on the keys, and fetches
+// only the documents that pass, so finished and removed videos cost an
+// index key each, never a document read.
+func rowQuery(userID string, f keepwatch.RowFilter) bson.D {
 	return bson.D{
 		{Key: "u", Value: userID},
-		{Key: "$or", Value: bson.A{
-			unfinished,
-			bson.D{{Key: "v", Value: bson.D{{Key: "$in", Value: also}}}},
-		}},
+		{Key: "s.k", Value: int32(keepwatch.KindProgress)},
+		{Key: "s.t", Value: bson.D{{Key: "$gt", Value: f.After}}},
+		{Key: "s.p", Value: bson.D{{Key: "$gte", Value: f.MinPercent}, {Key: "$lt", Value: f.BelowPercent}}},
+		// $ne, not false: documents written before c existed lack it.
+		{Key: "s.c", Value: bson.D{{Key: "$ne", Value: true}}},
 	}
 }
 
-var keepWatchingSort = bson.D{{Key: "s.t", Value: -1}}
+var rowSort = bson.D{{Key: "s.t", Value: -1}}
 
-// KeepWatching returns up to limit of the user's progress documents, newest
-// event time first: the unfinished, not deleted ones (percent below
-// finishedThreshold) and also those of the videos in also whatever their
-// state (see keepWatchingQuery). Errors wrap keepwatch.ErrUnavailable when
+// Row calls visit with each of the user's documents that may belong in
+// keep watching by f (see rowQuery), newest event time first, until visit
+// returns false or none is left. The server sends them batch at a time, so
+// the documents read are those visited plus at most a batch. It returns how
+// many documents the server sent. Errors wrap keepwatch.ErrUnavailable when
 // the server cannot be reached in time.
-func (r *Reader) KeepWatching(ctx context.Context, userID string, finishedThreshold float64, limit int, also []string) ([]keepwatch.Progress, error) {
-	opts := options.Find().SetSort(keepWatchingSort).SetLimit(int64(limit))
-	cur, err := r.coll.Find(ctx, keepWatchingQuery(userID, finishedThreshold, also), opts)
+func (r *Reader) Row(ctx context.Context, userID string, f keepwatch.RowFilter, batch int, visit func(keepwatch.Progress) bool) (int, error) {
+	opts := options.Find().SetSort(rowSort).SetBatchSize(int32(max(1, batch)))
+	cur, err := r.coll.Find(ctx, rowQuery(userID, f), opts)
 	if err != nil {
-		return nil, readError("find keep-watching", err)
+		return 0, readError("find keep-watching", err)
 	}
-	return decodeAll(ctx, cur, limit, "find keep-watching")
+	defer cur.Close(context.WithoutCancel(ctx))
+	read := 0
+	for cur.Next(ctx) {
+		read++
+		p, err := decodeDoc(cur)
+		if err != nil {
+			return read, fmt.Errorf("find keep-watching: %w", err)
+		}
+		if !visit(p) {
+			// What the last batch brought and nobody looked at was read too.
+			return read + cur.RemainingBatchLength(), nil
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return read, readError("find keep-watching", err)
+	}
+	return read, nil
 }
 
-// ExplainKeepWatching returns the server's explain output (verbosity
-// queryPlanner) for the query KeepWatching sends, so tests and operators can
-// check which index serves it.
-func (r *Reader) ExplainKeepWatching(ctx context.Context, userID string, finishedThreshold float64, limit int, also []string) (bson.Raw, error) {
+// ExplainRow returns the server's explain output (verbosity queryPlanner)
+// for the query Row sends, so tests and operators can check which index
+// serves it.
+func (r *Reader) ExplainRow(ctx context.Context, userID string, f keepwatch.RowFilter) (bson.Raw, error) {
 	cmd := bson.D{
 		{Key: "explain", Value: bson.D{
 			{Key: "find", Value: r.coll.Name()},
-			{Key: "filter", Value: keepWatchingQuery(userID, finishedThreshold, also)},
-			{Key: "sort", Value: keepWatchingSort},
-			{Key: "limit", Value: int64(limit)},
+			{Key: "filter", Value: rowQuery(userID, f)},
+			{Key: "sort", Value: rowSort},
 		}},
 		{Key: "verbosity", Value: "queryPlanner"},
 	}
@@ -128,44 +138,84 @@ func (r *Reader) ExplainKeepWatching(ctx context.Context, userID string, finishe
 	return raw, nil
 }
 
-// Progress returns the user's documents for videoIDs, in no particular
-// order; videos without a document are absent. Errors wrap
+// Progress returns the user's documents for videoIDs, and the user's erase
+// (video id "", kind keepwatch.KindErased) when there is one, in no
+// particular order; videos without a document are absent. Errors wrap
 // keepwatch.ErrUnavailable when the server cannot be reached in time.
 func (r *Reader) Progress(ctx context.Context, userID string, videoIDs []string) ([]keepwatch.Progress, error) {
-	if len(videoIDs) == 0 {
-		return nil, nil
+	ids := make(bson.A, 0, len(videoIDs)+1)
+	ids = append(ids, keepwatch.ID(userID, ""))
+	for _, v := range videoIDs {
+		ids = append(ids, keepwatch.ID(userID, v))
 	}
-	var filter bson.D
-	if len(videoIDs) == 1 {
-		filter = bson.D{{Key: "_id", Value: keepwatch.ID(userID, videoIDs[0])}}
-	} else {
-		ids := make(bson.A, len(videoIDs))
-		for i, v := range videoIDs {
-			ids[i] = keepwatch.ID(userID, v)
-		}
-		filter = bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
-	}
-	cur, err := r.coll.Find(ctx, filter)
+	cur, err := r.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 	if err != nil {
 		return nil, readError("find progress", err)
 	}
-	return decodeAll(ctx, cur, len(videoIDs), "find progress")
+	return decodeAll(ctx, cur, len(ids), "find progress")
+}
+
+// ExportProgress calls visit with every document the user has, removals and
+// the erase included, newest first, along the index {u, s.t: -1}; it stops at
+// visit's first error and returns it. Memory stays constant whatever the
+// user's history.
+func (r *Reader) ExportProgress(ctx context.Context, userID string, visit func(keepwatch.Progress) error) error {
+	cur, err := r.coll.Find(ctx, bson.D{{Key: "u", Value: userID}}, options.Find().SetSort(rowSort).SetBatchSize(256))
+	if err != nil {
+		return readError("export progress", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		p, err := decodeDoc(cur)
+		if err != nil {
+			return fmt.Errorf("export progress: %w", err)
+		}
+		if err := visit(p); err != nil {
+			return err
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return readError("export progress", err)
+	}
+	return nil
+}
+
+// ExportDeadLetters calls visit with each of the user's entries in dead
+// letters, with the id of its dead letter; it stops at visit's first error
+// and returns it.
+func (r *Reader) ExportDeadLetters(ctx context.Context, userID string, visit func(id string, e keepwatch.DeadEntry) error) error {
+	cur, err := r.deadLetters.Find(ctx, bson.D{{Key: "entries.u", Value: userID}}, options.Find().SetBatchSize(16))
+	if err != nil {
+		return readError("export dead letters", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for cur.Next(ctx) {
+		var d deadLetterDoc
+		if err := cur.Decode(&d); err != nil {
+			return fmt.Errorf("export dead letters: decode %s: %w", cur.Current.Lookup("_id"), err)
+		}
+		for _, e := range d.deadLetter().Entries {
+			if e.UserID != userID {
+				continue
+			}
+			if err := visit(d.ID.Hex(), e); err != nil {
+				return err
+			}
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return readError("export dead letters", err)
+	}
+	return nil
 }
 
 func decodeAll(ctx context.Context, cur *mongo.Cursor, capacity int, op string) ([]keepwatch.Progress, error) {
 	defer cur.Close(context.WithoutCancel(ctx))
 	out := make([]keepwatch.Progress, 0, capacity)
 	for cur.Next(ctx) {
-		p, err := decodeProgress(cur.Current)
+		p, err := decodeDoc(cur)
 		if err != nil {
-			// Not the shape the writer makes (a document edited by hand?):
-			// the driver's reflective decode accepts more and says precisely
-			// what is wrong when it cannot.
-			var d progressDoc
-			if err := cur.Decode(&d); err != nil {
-				return nil, fmt.Errorf("%s: decode %s: %w", op, cur.Current.Lookup("_id"), err)
-			}
-			p = d.progress()
+			return nil, fmt.Errorf("%s: %w", op, err)
 		}
 		out = append(out, p)
 	}
@@ -173,6 +223,22 @@ func decodeAll(ctx context.Context, cur *mongo.Cursor, capacity int, op string) 
 		return nil, readError(op, err)
 	}
 	return out, nil
+}
+
+// decodeDoc decodes the cursor's current progress document.
+func decodeDoc(cur *mongo.Cursor) (keepwatch.Progress, error) {
+	p, err := decodeProgress(cur.Current)
+	if err == nil {
+		return p, nil
+	}
+	// Not the shape the writer makes (a document edited by hand?): the
+	// driver's reflective decode accepts more and says precisely what is
+	// wrong when it cannot.
+	var d progressDoc
+	if err := cur.Decode(&d); err != nil {
+		return p, fmt.Errorf("decode %s: %w", cur.Current.Lookup("_id"), err)
+	}
+	return d.progress(), nil
 }
 
 // decodeProgress reads a progress document of the writer's shape field by
@@ -200,7 +266,23 @@ func decodeProgress(doc bson.Raw) (keepwatch.Progress, error) {
 	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
 		return p, fmt.Errorf("s %s lacks a number", s)
 	}
-	p.State = keepwatch.State{EventTime: t, Kind: keepwatch.Kind(k), Percent: pct, Position: pos, Duration: dur}
+	p.State = keepwatch.State{EventTime: t, Kind: keepwatch.Kind(k), Percent: pct, Position: pos, Duration: dur, Episode: keepwatch.Unknown}
+	// Absent from documents written before series and completion.
+	if v, err := s.LookupErr("c"); err == nil {
+		if p.Completed, ok = v.BooleanOK(); !ok {
+			return p, fmt.Errorf("s %s: c is not a boolean", s)
+		}
+	}
+	if v, err := s.LookupErr("e"); err == nil {
+		if p.Episode, ok = v.AsFloat64OK(); !ok {
+			return p, fmt.Errorf("s %s: e is not a number", s)
+		}
+	}
+	if v, err := s.LookupErr("sr"); err == nil {
+		if p.SeriesID, ok = v.StringValueOK(); !ok {
+			return p, fmt.Errorf("s %s: sr is not a string", s)
+		}
+	}
 	return p, nil
 }
 

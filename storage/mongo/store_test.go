@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -204,7 +205,11 @@ func storeContract(t *testing.T, start func(testing.TB) *testenv.Mongo) {
 			{"AddDeadLetter", func() error { _, err := s.AddDeadLetter(ctx, keepwatch.DeadLetter{Error: "x"}); return err }},
 			{"DeadLetters", func() error { _, err := s.DeadLetters(ctx, 0); return err }},
 			{"CountDeadLetters", func() error { _, err := s.CountDeadLetters(ctx); return err }},
-			{"KeepWatching", func() error { _, err := r.KeepWatching(ctx, "u", 95, 20, nil); return err }},
+			{"Row", func() error {
+				_, err := r.Row(ctx, "u", keepwatch.DefaultRules().Filter(0), 20, func(keepwatch.Progress) bool { return true })
+				return err
+			}},
+			{"EraseUser", func() error { _, err := s.EraseUser(ctx, "u", 5); return err }},
 			{"Progress", func() error { _, err := r.Progress(ctx, "u", []string{"v"}); return err }},
 			{"Ping", func() error { return s.Ping(ctx) }},
 		}
@@ -319,22 +324,36 @@ func storeContract(t *testing.T, start func(testing.TB) *testenv.Mongo) {
 			}
 			return out
 		}
-		for _, tc := range []struct {
-			name  string
-			limit int
-			also  []string
-			want  []string
-		}{
-			{"unfinished, newest first", 20, nil, []string{"new", "mid", "old"}},
-			{"limited", 2, nil, []string{"new", "mid"}},
-			{"with the stored state of pending videos, whatever it is", 20, []string{"done", "gone"}, []string{"gone", "done", "new", "mid", "old"}},
-		} {
-			got, err := r.KeepWatching(ctx, "alice", 95, tc.limit, tc.also)
+		row := func(f keepwatch.RowFilter, stopAt int) ([]keepwatch.Progress, int) {
+			var got []keepwatch.Progress
+			n, err := r.Row(ctx, "alice", f, 1, func(p keepwatch.Progress) bool {
+				got = append(got, p)
+				return len(got) < stopAt
+			})
 			if err != nil {
-				t.Fatalf("%s: %v", tc.name, err)
+				t.Fatal(err)
 			}
+			return got, n
+		}
+		for _, tc := range []struct {
+			name   string
+			f      keepwatch.RowFilter
+			stopAt int
+			want   []string
+		}{
+			{"unfinished, newest first", keepwatch.DefaultRules().Filter(0), 20, []string{"new", "mid", "old"}},
+			{"until the visitor stops", keepwatch.DefaultRules().Filter(0), 2, []string{"new", "mid"}},
+			{"newer than a time", keepwatch.DefaultRules().Filter(10), 20, []string{"new", "mid"}},
+			{"percents in range", keepwatch.RowFilter{MinPercent: 30, BelowPercent: 60}, 20, []string{"mid"}},
+		} {
+			got, n := row(tc.f, tc.stopAt)
 			if !slices.Equal(videos(got), tc.want) || got[0].UserID != "alice" {
 				t.Fatalf("%s: %v, want %v", tc.name, videos(got), tc.want)
+			}
+			// With batches of one, the server sends what was visited and
+			// at most the batch in hand.
+			if n < len(got) || n > len(got)+1 {
+				t.Fatalf("%s: %d documents read for %d visited", tc.name, n, len(got))
 			}
 		}
 		got, err := r.Progress(ctx, "alice", []string{"new", "missing", "gone"})
@@ -345,11 +364,230 @@ func storeContract(t *testing.T, start func(testing.TB) *testenv.Mongo) {
 		if len(got) != 2 || got[0].VideoID != "new" || got[0].State != st(30, 60) || got[1].State != gone {
 			t.Fatalf("progress of new, missing, gone = %+v", got)
 		}
+		// The user's erase comes with any lookup of their progress.
+		if _, err := s.EraseUser(ctx, "alice", 25); err != nil {
+			t.Fatal(err)
+		}
+		got, err = r.Progress(ctx, "alice", []string{"old"})
+		if err != nil || len(got) != 1 || got[0].VideoID != "" || got[0].State != keepwatch.EraseState(25) {
+			t.Fatalf("progress of an erased video = %+v, %v; want the erase alone", got, err)
+		}
 		if one, err := r.Progress(ctx, "bob", []string{"new"}); err != nil || len(one) != 1 || one[0].State != st(99, 10) {
 			t.Fatalf("bob's new = %+v, %v", one, err)
 		}
 		if _, err := s.Reader(mongo.ReadOptions{ReadPreference: "fastest"}); err == nil {
 			t.Fatal("an unknown read preference was accepted")
+		}
+	})
+
+	t.Run("newest wins over the series fields, and documents of the previous release", func(t *testing.T) {
+		s := openStore(t, start(t), mongo.Options{})
+		coll := s.Database().Collection(mongo.ProgressCollection)
+		// A document as the previous release wrote it: no c, e, sr.
+		_, err := coll.InsertOne(ctx, bson.D{{Key: "_id", Value: "u1/old"}, {Key: "u", Value: "u1"}, {Key: "v", Value: "old"},
+			{Key: "s", Value: bson.D{{Key: "t", Value: int64(100)}, {Key: "k", Value: int32(0)}, {Key: "p", Value: 50.0},
+				{Key: "pos", Value: 500.0}, {Key: "dur", Value: 1000.0}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Reader(mongo.ReadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := r.Progress(ctx, "u1", []string{"old"}); err != nil || len(got) != 1 || got[0].State != st(100, 50) {
+			t.Fatalf("a document of the previous release reads %+v, %v; want %+v", got, err, st(100, 50))
+		}
+		p := func(video string, state keepwatch.State) keepwatch.Progress {
+			return keepwatch.Progress{UserID: "u1", VideoID: video, State: state}
+		}
+		epi := func(t int64, pct float64, series string, episode float64, completed bool) keepwatch.State {
+			s := st(t, pct)
+			s.SeriesID, s.Episode, s.Completed = series, episode, completed
+			return s
+		}
+		steps := []struct {
+			name string
+			in   keepwatch.Progress
+			want keepwatch.State
+		}{
+			{"an older state with a series loses to an old document", p("old", epi(99, 90, "s", 1, true)), st(100, 50)},
+			{"the same head with a series wins the tie", p("old", epi(100, 50, "s", -1, false)), epi(100, 50, "s", -1, false)},
+			{"completed breaks a tie before episode", p("old", epi(100, 50, "", -1, true)), epi(100, 50, "", -1, true)},
+			{"then a higher episode", p("old", epi(100, 50, "", 2, true)), epi(100, 50, "", 2, true)},
+			{"a lower episode loses", p("old", epi(100, 50, "z", 1, true)), epi(100, 50, "", 2, true)},
+			{"then the series", p("old", epi(100, 50, "s", 2, true)), epi(100, 50, "s", 2, true)},
+			{"a newer event wins whatever its fields", p("old", st(101, 1)), st(101, 1)},
+		}
+		for _, step := range steps {
+			if _, err := s.WriteProgress(ctx, []keepwatch.Progress{step.in}); err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			if got := testenv.ProgressStates(t, s.Database())["u1/old"]; got != step.want {
+				t.Fatalf("%s: stored %+v, want %+v", step.name, got, step.want)
+			}
+			if step.want.Compare(step.in.State) < 0 {
+				t.Fatalf("%s: the expectation contradicts State.Compare", step.name)
+			}
+		}
+	})
+
+	t.Run("an erase removes what it covers, keeps what is newer, and no later write brings anything older back", func(t *testing.T) {
+		s := openStore(t, start(t), mongo.Options{})
+		in := []keepwatch.Progress{
+			{UserID: "alice", VideoID: "a", State: st(100, 10)},
+			{UserID: "alice", VideoID: "b", State: st(200, 20)},
+			{UserID: "alice", VideoID: "c", State: st(300, 30)},
+			{UserID: "bob", VideoID: "a", State: st(100, 10)},
+		}
+		if _, err := s.WriteProgress(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		dl := keepwatch.DeadLetter{Error: "x", Entries: []keepwatch.DeadEntry{
+			{Progress: keepwatch.Progress{UserID: "alice", VideoID: "d", State: st(150, 1)}},
+			{Progress: keepwatch.Progress{UserID: "bob", VideoID: "d", State: st(150, 1)}},
+		}}
+		mixed, err := s.AddDeadLetter(ctx, dl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		only, err := s.AddDeadLetter(ctx, keepwatch.DeadLetter{Error: "y", Entries: []keepwatch.DeadEntry{
+			{Progress: keepwatch.Progress{UserID: "alice", VideoID: "e", State: st(190, 1)}},
+			{Progress: keepwatch.Progress{UserID: "alice", VideoID: "f", State: st(250, 1)}}, // after the erase: kept
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone, err := s.AddDeadLetter(ctx, keepwatch.DeadLetter{Error: "z", Entries: []keepwatch.DeadEntry{
+			{Progress: keepwatch.Progress{UserID: "alice", VideoID: "g", State: st(10, 1)}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.EraseUser(ctx, "alice", 200)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res != (mongo.EraseResult{Documents: 2, DeadLetterEntries: 3, DeadLetters: 1}) {
+			t.Fatalf("erase = %+v, want 2 documents, 3 dead-letter entries, 1 dead letter", res)
+		}
+		want := map[string]keepwatch.State{"alice/": keepwatch.EraseState(200), "alice/c": st(300, 30), "bob/a": st(100, 10)}
+		if got := testenv.ProgressStates(t, s.Database()); !maps.Equal(got, want) {
+			t.Fatalf("stored %v, want %v", got, want)
+		}
+		if got, err := s.DeadLetter(ctx, mixed); err != nil || len(got.Entries) != 1 || got.Entries[0].UserID != "bob" {
+			t.Fatalf("mixed dead letter = %+v, %v; want bob's entry alone", got, err)
+		}
+		if list, _ := s.DeadLetters(ctx, 0); len(list) != 2 || list[0].Count != 1 || list[1].Count != 1 {
+			t.Fatalf("dead letters = %+v, want two of one entry each", list)
+		}
+		if got, err := s.DeadLetter(ctx, only); err != nil || len(got.Entries) != 1 || got.Entries[0].VideoID != "f" {
+			t.Fatalf("alice's dead letter = %+v, %v; want f alone", got, err)
+		}
+		if _, err := s.DeadLetter(ctx, alone); keepwatch.ErrorCode(err) != keepwatch.ENOTFOUND {
+			t.Fatalf("a dead letter left empty: %v, want it gone", err)
+		}
+		// Retries, replays and late dead letters at or before the erase
+		// change nothing; newer progress is written.
+		late := []keepwatch.Progress{
+			{UserID: "alice", VideoID: "a", State: st(150, 99)},
+			{UserID: "alice", VideoID: "b", State: st(200, 99)},
+			{UserID: "alice", VideoID: "n", State: st(201, 5)},
+		}
+		wr, err := s.WriteProgress(ctx, late)
+		if err != nil || wr.Written != 1 || wr.Stale != 2 {
+			t.Fatalf("late writes = %+v, %v; want 1 written and 2 stale", wr, err)
+		}
+		if _, err := s.AddDeadLetter(ctx, keepwatch.DeadLetter{Error: "late", Entries: []keepwatch.DeadEntry{{Progress: late[0]}}}); err != nil {
+			t.Fatal(err)
+		}
+		want["alice/n"] = st(201, 5)
+		if got := testenv.ProgressStates(t, s.Database()); !maps.Equal(got, want) {
+			t.Fatalf("stored %v, want %v", got, want)
+		}
+		if n, _ := s.CountDeadLetters(ctx); n != 2 {
+			t.Fatalf("%d dead letters after a late one of erased progress, want 2 (it is purged)", n)
+		}
+		// An older erase changes nothing; a newer one, as a flushed entry,
+		// erases up to it.
+		if _, err := s.EraseUser(ctx, "alice", 100); err != nil {
+			t.Fatal(err)
+		}
+		if got := testenv.ProgressStates(t, s.Database())["alice/"]; got != keepwatch.EraseState(200) {
+			t.Fatalf("tombstone %+v after an older erase", got)
+		}
+		wr, err = s.WriteProgress(ctx, []keepwatch.Progress{{UserID: "alice", State: keepwatch.EraseState(250)}, {UserID: "bob", VideoID: "z", State: st(1, 1)}})
+		if err != nil || wr.Written != 2 {
+			t.Fatalf("erase through WriteProgress = %+v, %v", wr, err)
+		}
+		want = map[string]keepwatch.State{"alice/": keepwatch.EraseState(250), "alice/c": st(300, 30), "bob/a": st(100, 10), "bob/z": st(1, 1)}
+		if got := testenv.ProgressStates(t, s.Database()); !maps.Equal(got, want) {
+			t.Fatalf("stored %v, want %v", got, want)
+		}
+		if got, err := s.DeadLetter(ctx, only); err == nil {
+			t.Fatalf("alice's dead letter %+v survived an erase after its last entry", got)
+		}
+	})
+
+	// The writer's second look: an erase that runs between the writer's
+	// first look at the tombstones and its write must not let the write
+	// stay, and progress after the erase must.
+	t.Run("an erase between the writer's check and its write leaves nothing older", func(t *testing.T) {
+		s := openStore(t, start(t), mongo.Options{})
+		erases := 0
+		mongo.SetAfterCheck(s, func() {
+			if erases == 0 {
+				erases++
+				if _, err := s.EraseUser(ctx, "alice", 500); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+		res, err := s.WriteProgress(ctx, []keepwatch.Progress{
+			{UserID: "alice", VideoID: "old", State: st(400, 10)},
+			{UserID: "alice", VideoID: "after", State: st(600, 10)},
+			{UserID: "bob", VideoID: "old", State: st(400, 10)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Written != 2 || res.Stale != 1 {
+			t.Fatalf("result %+v, want 2 written and the erased one stale", res)
+		}
+		want := map[string]keepwatch.State{"alice/": keepwatch.EraseState(500), "alice/after": st(600, 10), "bob/old": st(400, 10)}
+		if got := testenv.ProgressStates(t, s.Database()); !maps.Equal(got, want) {
+			t.Fatalf("stored %v, want %v", got, want)
+		}
+	})
+
+	t.Run("retention: expired documents are swept, older ones get an expiry", func(t *testing.T) {
+		m := start(t)
+		s := openStore(t, m, mongo.Options{Retention: time.Hour})
+		now := time.UnixMilli(10 * 3600_000)
+		old := now.Add(-2 * time.Hour).UnixMilli()
+		recent := now.Add(-30 * time.Minute).UnixMilli()
+		if _, err := s.WriteProgress(ctx, []keepwatch.Progress{
+			{UserID: "u", VideoID: "old", State: st(old, 1)},
+			{UserID: "u", VideoID: "recent", State: st(recent, 1)},
+			{UserID: "gone", State: keepwatch.EraseState(old)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Written before expiry existed.
+		noExp := openStore(t, m, mongo.Options{})
+		if _, err := noExp.WriteProgress(ctx, []keepwatch.Progress{{UserID: "u", VideoID: "legacy", State: st(old, 1)}}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.BackfillExpiry(ctx, 100); err != nil || n != 1 {
+			t.Fatalf("backfill = %d, %v; want the legacy document", n, err)
+		}
+		if n, err := s.SweepExpired(ctx, now, 1); err != nil || n != 1 {
+			t.Fatalf("sweep of at most 1 = %d, %v", n, err)
+		}
+		if n, err := s.SweepExpired(ctx, now, 100); err != nil || n != 2 {
+			t.Fatalf("sweep = %d, %v; want the other 2 expired", n, err)
+		}
+		if got := testenv.ProgressStates(t, s.Database()); len(got) != 1 || got["u/recent"] != st(recent, 1) {
+			t.Fatalf("left %v, want the recent document alone", got)
 		}
 	})
 }
@@ -362,19 +600,27 @@ func openStore(t testing.TB, m *testenv.Mongo, o mongo.Options) *mongo.Store {
 	if o.Timeout == 0 {
 		o.Timeout = 20 * time.Second
 	}
+	// Migrate with a generous timeout: a test's short one is for what it
+	// tests, and a loaded machine may take longer to build an index.
+	mig, err := mongo.Open(ctx, mongo.Options{URI: o.URI, Database: o.Database, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = migrations.Up(ctx, mig.Database(), slog.New(slog.DiscardHandler))
+	_ = mig.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := mongo.Open(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
-	if err := migrations.Up(ctx, s.Database(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
 	return s
 }
 
 func st(t int64, pct float64) keepwatch.State {
-	return keepwatch.State{EventTime: t, Percent: pct, Position: pct * 10, Duration: 1000}
+	return keepwatch.State{EventTime: t, Percent: pct, Position: pct * 10, Duration: 1000, Episode: keepwatch.Unknown}
 }
 
 // addUniqueVideoIndex makes a second user's progress on an already stored

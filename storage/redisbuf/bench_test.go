@@ -53,7 +53,7 @@ func benchApply(b *testing.B, c *redis.Client, shards, batch int) {
 			next++
 			writes[i] = keepwatch.Write{UserID: "user-" + strconv.Itoa(u), Entries: []keepwatch.Entry{{
 				VideoID: "video-" + strconv.Itoa(next%videos),
-				State:   keepwatch.State{EventTime: t, Percent: 42.5, Position: 1234.5, Duration: 2700},
+				State:   keepwatch.State{EventTime: t, Percent: 42.5, Position: 1234.5, Duration: 2700, Episode: keepwatch.Unknown},
 			}}}
 		}
 	}

@@ -9,6 +9,7 @@
 // Per shard NN (hash tag {kwNN}):
 //
 //	kw:{kwNN}:u:<user>  HASH  video → encoded state   the user's pending entries
+//	                          "" → encoded erase       the user's pending erase, if any
 //	kw:{kwNN}:q         ZSET  "<user>/<video>" → ms   when the entry may be claimed
 //	kw:{kwNN}:a         ZSET  "<user>/<video>" → ms   since when it is pending
 //	kw:{kwNN}:c         HASH  "<user>/<video>" → token          the claim holding it
@@ -425,7 +426,8 @@ func (b *Buffer) stats(ctx context.Context, ageKeys []string) (Stats, error) {
 }
 
 // Pending returns the user's pending entries, for the query side's
-// read-your-writes overlay. One HGETALL.
+// read-your-writes overlay, the user's pending erase included (video id "",
+// kind keepwatch.KindErased). One HGETALL.
 func (b *Buffer) Pending(ctx context.Context, userID string) ([]keepwatch.Progress, error) {
 	m, err := b.c.HGetAll(ctx, b.userKey(b.ShardOf(userID), userID)).Result()
 	if err != nil {
@@ -440,6 +442,39 @@ func (b *Buffer) Pending(ctx context.Context, userID string) ([]keepwatch.Progre
 		out = append(out, keepwatch.Progress{UserID: userID, VideoID: video, State: st})
 	}
 	return out, nil
+}
+
+// Erase records the erase of everything the user has up to the event time at
+// (ms), atomically: the user's pending entries at or before it are dropped,
+// new entries it covers are refused until it is applied, and the erase
+// itself waits in the buffer, under the video id "", for a flusher to apply
+// it to MongoDB and the dead letters (see keepwatch.KindErased). It returns
+// how many pending entries it dropped. Errors wrap keepwatch.ErrUnavailable;
+// retrying is safe.
+func (b *Buffer) Erase(ctx context.Context, userID string, at int64) (int, error) {
+	st := keepwatch.EraseState(at)
+	enc := st.Encode()
+	shard := b.ShardOf(userID)
+	n, err := eraseScript.Run(ctx, b.c, b.eraseKeys(shard, userID), b.now().UnixMilli(), enc[:13], enc, userID).Int()
+	if err != nil {
+		return 0, unavailable("erase pending entries", err)
+	}
+	return n, nil
+}
+
+// EraseDone removes the user's pending erase at the event time at, if it is
+// still the pending one, once the caller applied it to MongoDB and the dead
+// letters itself. Errors wrap keepwatch.ErrUnavailable.
+func (b *Buffer) EraseDone(ctx context.Context, userID string, at int64) error {
+	shard := b.ShardOf(userID)
+	if err := eraseDoneScript.Run(ctx, b.c, b.eraseKeys(shard, userID), keepwatch.EraseState(at).Encode(), userID).Err(); err != nil {
+		return unavailable("remove the pending erase", err)
+	}
+	return nil
+}
+
+func (b *Buffer) eraseKeys(shard int, userID string) []string {
+	return []string{b.queueKeys[shard], b.ageKeys[shard], b.claimKeys[shard], b.failKeys[shard], b.userKey(shard, userID)}
 }
 
 // Ping checks that Redis answers.

@@ -21,11 +21,18 @@ import (
 )
 
 func st(t int64, pct float64) keepwatch.State {
-	return keepwatch.State{EventTime: t, Percent: pct, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}
+	return keepwatch.State{EventTime: t, Percent: pct, Position: keepwatch.Unknown, Duration: keepwatch.Unknown, Episode: keepwatch.Unknown}
 }
 
 func del(t int64) keepwatch.State {
-	return keepwatch.State{EventTime: t, Kind: keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown}
+	return keepwatch.State{EventTime: t, Kind: keepwatch.KindDeleted, Position: keepwatch.Unknown, Duration: keepwatch.Unknown, Episode: keepwatch.Unknown}
+}
+
+// ep is st for an episode of a series.
+func ep(t int64, pct float64, series string, episode float64) keepwatch.State {
+	s := st(t, pct)
+	s.SeriesID, s.Episode = series, episode
+	return s
 }
 
 func newBuffer(t *testing.T, c redis.UniversalClient, o redisbuf.Options) *redisbuf.Buffer {
@@ -553,6 +560,157 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			})
 		}
 	})
+	t.Run("entries the previous release buffered order, claim and release with new ones", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 2})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		shard := b.ShardOf(u)
+		// What the previous release's apply script left: the 49-byte
+		// encoding, indexed in the shard's zsets.
+		tag := fmt.Sprintf("kw:{kw%02d}:", shard)
+		old := map[string]string{
+			"a": "0000000001000|0|042.500|00001234.500|00002700.000",
+			"b": "0000000001000|0|042.500|00001234.500|00002700.000",
+			"c": "0000000001000|0|042.500|00001234.500|00002700.000",
+		}
+		for v, enc := range old {
+			if err := c.HSet(ctx, tag+"u:"+u, v, enc).Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range []string{tag + "q", tag + "a"} {
+				if err := c.ZAdd(ctx, k, redis.Z{Score: 1, Member: u + "/" + v}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		oldState := keepwatch.State{EventTime: 1000, Percent: 42.5, Position: 1234.5, Duration: 2700, Episode: keepwatch.Unknown}
+		// a: the same head with a series is newer by the tie-break; b: an
+		// older event with a series loses; c: untouched.
+		withSeries := oldState
+		withSeries.SeriesID = "s"
+		older := ep(999, 99, "s", 3)
+		apply(t, b, u, redisbuf.Entry{VideoID: "a", State: withSeries}, redisbuf.Entry{VideoID: "b", State: older})
+		got := pendingMap(t, b, u)
+		if got["a"] != withSeries || got["b"] != oldState || got["c"] != oldState {
+			t.Fatalf("pending = %+v; want a with its series, b and c as buffered", got)
+		}
+		cl, err := b.Claim(ctx, shard, 10, time.Minute)
+		if err != nil || len(cl.Entries) != 3 {
+			t.Fatalf("claim = %+v, %v", cl, err)
+		}
+		// The release compares the buffered bytes with the claimed state
+		// encoded again: an old encoding must match, or the entry would
+		// stay pending for ever.
+		if err := b.Release(ctx, cl, []int{0, 1, 2}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending after releasing every entry = %+v", got)
+		}
+		drained(t)
+	})
+	t.Run("an erase drops what it covers, keeps what is newer, and refuses older new entries", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 2})
+		u := fmt.Sprintf("user-%d", rand.Int())
+		other := u + "-other"
+		apply(t, b, u, redisbuf.Entry{VideoID: "old", State: st(1000, 10)}, redisbuf.Entry{VideoID: "same", State: st(1500, 10)},
+			redisbuf.Entry{VideoID: "new", State: ep(2000, 10, "s", 1)})
+		apply(t, b, other, redisbuf.Entry{VideoID: "old", State: st(1000, 10)})
+		dropped, err := b.Erase(ctx, u, 1500)
+		if err != nil || dropped != 2 {
+			t.Fatalf("erase = %d, %v; want 2 dropped (an event at the erase's time is erased too)", dropped, err)
+		}
+		want := map[string]keepwatch.State{"new": ep(2000, 10, "s", 1), "": keepwatch.EraseState(1500)}
+		if got := pendingMap(t, b, u); !maps.Equal(got, want) {
+			t.Fatalf("pending = %+v, want %+v", got, want)
+		}
+		if got := pendingMap(t, b, other); len(got) != 1 {
+			t.Fatalf("another user's entries were touched: %+v", got)
+		}
+		// A late retry of what was erased, alone and in a group; a newer
+		// event is kept, in a group with an erased one too.
+		apply(t, b, u, redisbuf.Entry{VideoID: "old", State: st(1400, 90)})
+		apply(t, b, u, redisbuf.Entry{VideoID: "x", State: st(1500, 1)}, redisbuf.Entry{VideoID: "y", State: st(1501, 2)},
+			redisbuf.Entry{VideoID: "y", State: st(1, 3)})
+		apply(t, b, u, redisbuf.Entry{VideoID: "new", State: ep(2100, 20, "s", 1)})
+		want["y"] = st(1501, 2)
+		want["new"] = ep(2100, 20, "s", 1)
+		if got := pendingMap(t, b, u); !maps.Equal(got, want) {
+			t.Fatalf("pending = %+v, want %+v", got, want)
+		}
+		// An older erase does not replace a newer one.
+		if _, err := b.Erase(ctx, u, 1200); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); got[""] != keepwatch.EraseState(1500) {
+			t.Fatalf("erase = %+v after an older erase, want the one at 1500", got[""])
+		}
+		// The erase is claimed like any entry, under the video id "", and
+		// a release of it leaves the buffer (nothing left once the rest
+		// is released too).
+		cl, err := b.Claim(ctx, b.ShardOf(u), 10, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var done []int
+		found := false
+		for i, e := range cl.Entries {
+			if e.UserID == u && e.VideoID == "" {
+				found = e.State == keepwatch.EraseState(1500)
+			}
+			if e.UserID == u {
+				done = append(done, i)
+			}
+		}
+		if !found {
+			t.Fatalf("claim = %+v, want the erase at 1500", cl.Entries)
+		}
+		if err := b.Release(ctx, cl, done, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, u); len(got) != 0 {
+			t.Fatalf("pending after release = %+v", got)
+		}
+	})
+	t.Run("an erase leaves a claimed entry's index to the claim, which then loses nothing else", func(t *testing.T) {
+		reset(t)
+		b := newBuffer(t, c, redisbuf.Options{Shards: 1})
+		apply(t, b, "u1", redisbuf.Entry{VideoID: "a", State: st(1000, 10)})
+		apply(t, b, "u2", redisbuf.Entry{VideoID: "b", State: st(1000, 10)})
+		cl, err := b.Claim(ctx, 0, 10, time.Minute)
+		if err != nil || len(cl.Entries) != 2 {
+			t.Fatalf("claim = %+v, %v", cl, err)
+		}
+		if _, err := b.Erase(ctx, "u1", 5000); err != nil {
+			t.Fatal(err)
+		}
+		// The flusher writing the batch still holds all of it: an erase
+		// must not look like another flusher taking entries over.
+		if n, err := b.Renew(ctx, cl, time.Minute); err != nil || n != 2 {
+			t.Fatalf("renew = %d, %v; want 2", n, err)
+		}
+		if err := b.Release(ctx, cl, []int{0, 1}, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, "u1"); len(got) != 1 || got[""] != keepwatch.EraseState(5000) {
+			t.Fatalf("u1 pending = %+v, want only the erase", got)
+		}
+		// keepwatch erase applies the erase itself, then removes it.
+		if err := b.EraseDone(ctx, "u1", 4999); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, "u1"); len(got) != 1 {
+			t.Fatalf("EraseDone of another erase removed it: %+v", got)
+		}
+		if err := b.EraseDone(ctx, "u1", 5000); err != nil {
+			t.Fatal(err)
+		}
+		if got := pendingMap(t, b, "u1"); len(got) != 0 {
+			t.Fatalf("u1 pending = %+v", got)
+		}
+		drained(t)
+	})
 	t.Run("high-water mark refuses growth, all or nothing", func(t *testing.T) {
 		reset(t)
 		b := newBuffer(t, c, redisbuf.Options{Shards: 1, HighWater: 2})
@@ -603,6 +761,17 @@ func TestNewestWinsAnyOrder(t *testing.T) {
 		video := fmt.Sprintf("v%d", rng.IntN(6))
 		t := int64(1000 + rng.IntN(50)) // few distinct times: many ties
 		s := st(t, float64(rng.IntN(5))*10)
+		// The fields of series and completion break ties too; some
+		// states keep the encoding of the previous release (none set).
+		switch rng.IntN(4) {
+		case 1:
+			s.Completed = true
+		case 2:
+			s.SeriesID = []string{"", "s", "s1", "t"}[rng.IntN(4)]
+			s.Episode = float64(rng.IntN(3)) - 1
+		case 3:
+			s.SeriesID, s.Episode, s.Completed = "s", float64(rng.IntN(2)), rng.IntN(2) == 0
+		}
 		if i%7 == 0 {
 			s = del(t)
 		}

@@ -8,8 +8,9 @@ import (
 	"github.com/keepwatch/keepwatch"
 )
 
-// encodedLenLua is keepwatch.EncodedLen as Lua source: states have a fixed
-// width, so the script slices them instead of searching for a separator.
+// encodedLenLua is keepwatch.EncodedLen as Lua source: every state starts
+// with a head of this width, and most are that head alone, so the script
+// slices them and looks for the end of a longer one only past the head.
 var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 
 // On a Redis Cluster every script call touches only keys of one shard: they
@@ -28,19 +29,24 @@ var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 // KEYS, per section: q (visibility zset), a (age zset), then the user hash of
 // each of its groups. ARGV[1] = now (ms), ARGV[2] = per-shard limit of pending
 // entries (0 = none), ARGV[3] = the sections packed as lines: the number of
-// groups, then per group: n, then n × (video, encoded state of
-// keepwatch.EncodedLen bytes). The user is the tail of the group's hash key
-// ("kw:{kwNN}:u:<user>"), read only when an entry is new. Packing keeps the
-// client from building (and the allocator from boxing) four arguments per
-// event; '\n' cannot occur in any field (user ids have no control
-// characters, video ids and states have a fixed alphabet).
+// groups, then per group: n, then n × (video, encoded state). The user is the
+// tail of the group's hash key ("kw:{kwNN}:u:<user>"), read only when an entry
+// is new. Packing keeps the client from building (and the allocator from
+// boxing) four arguments per event; '\n' cannot occur in any field (user ids
+// have no control characters, video ids and states have a fixed alphabet).
 // Returns one integer per group, in order: the number of entries that changed
-// the buffer (0 when every entry was older than what is pending), or -1 when
-// the group would add entries past its shard's limit (nothing of it is
-// applied).
+// the buffer (0 when every entry was older than what is pending, or erased),
+// or -1 when the group would add entries past its shard's limit (nothing of
+// it is applied).
 //
-// Encoded states have a fixed width, so comparing them as strings compares
-// event time first and then the tie-break fields (keepwatch.State.Compare).
+// Comparing encoded states as strings compares event time first and then the
+// tie-break fields (keepwatch.State.Compare).
+//
+// The user's erase, when one is pending, is the user hash's field "" (video
+// ids are never empty). A new entry (none pending for its video) at or before
+// the erase's event time is dropped: the erase removed everything older when
+// it was recorded, so an entry already pending is newer than the erase and an
+// update of it needs no check, which keeps the check off the common update.
 var applyScript = redis.NewScript(`
 local now = ARGV[1]
 local limit = tonumber(ARGV[2])
@@ -55,9 +61,17 @@ local function field()
   return s
 end
 local function value()
-  local s = sub(p, pos, pos + W - 1)
-  pos = pos + W + 1
+  local e = pos + W
+  if byte(p, e) ~= 10 then e = find(p, '\n', e, true) end
+  local s = sub(p, pos, e - 1)
+  pos = e + 1
   return s
+end
+-- erased reports whether the user of hash hk erased everything up to a time
+-- at or after the event time of val.
+local function erased(hk, val)
+  local er = call('HGET', hk, '')
+  return er and sub(val, 1, 13) <= sub(er, 1, 13)
 end
 local out = {}
 local g = 0
@@ -81,11 +95,17 @@ while pos <= #p do
       -- The common case, a player's single post: no tables.
       local e = find(p, '\n', pos, true)
       local v = sub(p, pos, e - 1)
-      local val = sub(p, e + 1, e + W)
-      pos = e + W + 2
+      -- value(), inlined: the head alone is the common case, one byte
+      -- check more than when every state had a fixed width.
+      local ve = e + 1 + W
+      if byte(p, ve) ~= 10 then ve = find(p, '\n', ve, true) end
+      local val = sub(p, e + 1, ve - 1)
+      pos = ve + 1
       local c = call('HGET', hk, v)
       if not c then
-        if limit > 0 and card + 1 > limit then
+        if erased(hk, val) then
+          out[g] = 0
+        elseif limit > 0 and card + 1 > limit then
           out[g] = -1
         else
           call('HSET', hk, v, val)
@@ -106,6 +126,7 @@ while pos <= #p do
       -- (for the high-water mark) and what the new state must beat.
       local videos, vals, cur = {}, {}, {}
       local fresh = 0
+      local er = nil
       for j = 1, n do
         local v = field()
         videos[j] = v
@@ -115,6 +136,26 @@ while pos <= #p do
           if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
         end
       end
+      if fresh > 0 then er = call('HGET', hk, '') end
+      if er then
+        -- Entries new to the buffer that the erase covers are dropped; an
+        -- entry of the group for the same video that is newer than the
+        -- erase still counts as new.
+        er = sub(er, 1, 13)
+        fresh = 0
+        local seen = {}
+        for j = 1, n do
+          local v = videos[j]
+          if cur[v] == false then
+            if sub(vals[j], 1, 13) <= er then
+              vals[j] = false
+            elseif not seen[v] then
+              seen[v] = true
+              fresh = fresh + 1
+            end
+          end
+        end
+      end
       if limit > 0 and fresh > 0 and card + fresh > limit then
         out[g] = -1
       else
@@ -122,13 +163,17 @@ while pos <= #p do
         for j = 1, n do
           local v, val = videos[j], vals[j]
           local c = cur[v]
-          if c == false then
+          if not val then
+            -- erased
+          elseif c == false then
             local m = sub(hk, ustart) .. '/' .. v
             call('ZADD', qk, 'NX', now, m)
             call('ZADD', ak, 'NX', now, m)
             card = card + 1
-          end
-          if c == false or val > c then
+            call('HSET', hk, v, val)
+            cur[v] = val
+            changed = changed + 1
+          elseif val > c then
             call('HSET', hk, v, val)
             cur[v] = val
             changed = changed + 1
@@ -141,6 +186,65 @@ while pos <= #p do
   k = k + 2 + groups
 end
 return out
+`)
+
+// eraseScript records a user's erase: it drops the user's pending entries at
+// or before the erase's event time and keeps the erase as the pending entry
+// of the user hash's field "" (newest erase winning), indexed like any entry
+// so that a flusher applies it to MongoDB and the dead letters. Until then the
+// apply script drops new entries the erase covers (see applyScript).
+//
+// KEYS[1] = q, KEYS[2] = a, KEYS[3] = c, KEYS[4] = n, KEYS[5] = the user hash.
+// ARGV[1] = now (ms), ARGV[2] = the erase's event time as the 13 digits of an
+// encoded state, ARGV[3] = the erase's encoded state, ARGV[4] = the user.
+// An entry under a flusher's claim keeps its index (the claim's release
+// removes it, finding no value): taking it away would make the flusher think
+// its whole batch lost. Returns how many pending entries it dropped.
+var eraseScript = redis.NewScript(`
+local q, a, c, n, hk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now, upto, enc, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local call, sub = redis.call, string.sub
+local all = call('HGETALL', hk)
+local dropped = 0
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  if f ~= '' and sub(v, 1, 13) <= upto then
+    call('HDEL', hk, f)
+    local m = user .. '/' .. f
+    if not call('HGET', c, m) then
+      call('ZREM', q, m)
+      call('ZREM', a, m)
+      call('HDEL', n, m)
+    end
+    dropped = dropped + 1
+  end
+end
+local cur = call('HGET', hk, '')
+if not cur or enc > cur then call('HSET', hk, '', enc) end
+local m = user .. '/'
+call('ZADD', q, 'NX', now, m)
+call('ZADD', a, 'NX', now, m)
+return dropped
+`)
+
+// eraseDoneScript removes a user's pending erase once it is applied
+// elsewhere (keepwatch erase applies it to MongoDB itself), if it is still
+// the one given: a newer erase stays. An erase under a flusher's claim keeps
+// its index for the claim's release.
+//
+// KEYS as eraseScript. ARGV[1] = the erase's encoded state, ARGV[2] = the
+// user. Returns 1 when it removed the erase.
+var eraseDoneScript = redis.NewScript(`
+local q, a, c, n, hk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+if redis.call('HGET', hk, '') ~= ARGV[1] then return 0 end
+redis.call('HDEL', hk, '')
+local m = ARGV[2] .. '/'
+if not redis.call('HGET', c, m) then
+  redis.call('ZREM', q, m)
+  redis.call('ZREM', a, m)
+  redis.call('HDEL', n, m)
+end
+return 1
 `)
 
 // claimScript hides up to ARGV[3] due members of the shard for a lease and

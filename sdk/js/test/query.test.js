@@ -38,6 +38,11 @@ test('resumePosition: the position, null when none or finished', async () => {
   assert.equal(await resumePosition({ ...q, videoId: 'v-pct' }), 50);
   assert.equal(await resumePosition({ ...q, videoId: 'v-bare' }), null);
   assert.equal(await resumePosition({ ...q, videoId: 'never' }), null);
+  // The server's verdict wins over the percent: credits, the player's end.
+  items['v-credits'] = { video_id: 'v-credits', percent: 92, position: 2484, duration: 2700, finished: true, updated_at: '2024-11-22T01:46:40.000Z' };
+  items['v-high'] = { video_id: 'v-high', percent: 97, position: 2619, duration: 2700, finished: false, updated_at: '2024-11-22T01:46:40.000Z' };
+  assert.equal(await resumePosition({ ...q, videoId: 'v-credits' }), null);
+  assert.equal(await resumePosition({ ...q, videoId: 'v-high' }), 2619);
   assert.equal(s.requests[0].path, '/v1/progress/v-half');
   assert.equal(s.requests[0].headers.Authorization, `Bearer ${jwt('alice')}`);
   await assert.rejects(resumePosition({ ...q, videoId: 'bad id' }), TypeError);
@@ -53,6 +58,9 @@ test('fetchKeepWatching sends limit and Authorization, and revalidates with the 
   assert.equal(s.requests[0].headers['If-None-Match'], undefined);
   assert.equal(s.requests[1].headers['If-None-Match'], '"abc"');
   await assert.rejects(fetchKeepWatching({ ...q, limit: 0 }), RangeError);
+  await fetchKeepWatching({ ...q, group: 'none' });
+  assert.equal(s.requests.at(-1).path, '/v1/keep-watching?limit=5&group=none');
+  await assert.rejects(fetchKeepWatching({ ...q, group: 'season' }), RangeError);
 });
 
 test('the query helpers refresh the token once on 401, then throw', async () => {

@@ -52,6 +52,22 @@ test('a heartbeat every interval while playing, none while paused, seeking, stal
   assert.equal(p.posts().length, 6, 'ended posts once (pause and ended are one observation), then nothing');
 });
 
+test('a series\' episode carries series_id and episode, and the end says completed', async (t) => {
+  const p = page(t);
+  const media = new FakeMedia();
+  track(p, media, { seriesId: 'tt0903747', episode: 102 });
+  media.play();
+  await advance(10_000);
+  media.end();
+  await advance(20_000);
+  const posts = p.posts().map((r) => r.body);
+  assert.equal(posts.length, 2);
+  assert.deepEqual([posts[0].series_id, posts[0].episode, posts[0].completed], ['tt0903747', 102, undefined]);
+  assert.deepEqual([posts[1].series_id, posts[1].percent, posts[1].completed], ['tt0903747', 100, true]);
+  assert.throws(() => track(p, new FakeMedia(), { seriesId: 'a b' }), TypeError);
+  assert.throws(() => track(p, new FakeMedia(), { episode: -1 }), RangeError);
+});
+
 test('percent is position/duration×100 clamped to 0–100 with 3 decimals; seconds with 3 decimals', async (t) => {
   const p = page(t);
   const media = new FakeMedia();

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepwatch/keepwatch/internal/testenv"
+)
+
+// TestFinishedThresholdStillWorks guards the deprecated name deployments
+// set: --finished-threshold and KEEPWATCH_FINISHED_THRESHOLD set the
+// finished percent, with a warning naming the new flag.
+func TestFinishedThresholdStillWorks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want float64
+	}{
+		{"default", nil, nil, 95},
+		{"new flag", nil, []string{"--finished-percent", "90"}, 90},
+		{"old flag", nil, []string{"--finished-threshold", "80"}, 80},
+		{"old variable", map[string]string{"KEEPWATCH_FINISHED_THRESHOLD": "85"}, nil, 85},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := &testenv.Output{}
+			env := &environment{stdout: out, stderr: out, getenv: func(k string) string { return tc.env[k] },
+				logger: slog.New(slog.NewTextHandler(out, nil))}
+			fs := newFlagSet(env, "query", "")
+			var c rulesConfig
+			c.register(fs)
+			if err := parseFlags(env, fs, tc.args); err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.get(env.logger)
+			if err != nil || r.FinishedPercent != tc.want {
+				t.Fatalf("finished percent %v, %v; want %v", r.FinishedPercent, err, tc.want)
+			}
+			deprecated := tc.name == "old flag" || tc.name == "old variable"
+			if warned := strings.Contains(out.String(), "--finished-threshold (KEEPWATCH_FINISHED_THRESHOLD) is deprecated"); warned != deprecated {
+				t.Fatalf("warned %v, want %v: %s", warned, deprecated, out)
+			}
+		})
+	}
+}
+
+// TestDevHandsTheRulesToItsQueryService: keepwatch dev takes the rule flags
+// and gives them to the query service it runs.
+func TestDevHandsTheRulesToItsQueryService(t *testing.T) {
+	out := &testenv.Output{}
+	env := &environment{stdout: out, stderr: out, getenv: func(string) string { return "" }, logger: slog.New(slog.NewTextHandler(out, nil))}
+	fs := newFlagSet(env, "dev", "")
+	var dc devConfig
+	dc.register(fs)
+	if err := parseFlags(env, fs, []string{"--finished-threshold", "90", "--finished-remaining", "120", "--min-resume-seconds", "30",
+		"--keep-watching-max-age", "720h"}); err != nil {
+		t.Fatal(err)
+	}
+	flags, err := dc.queryFlags(env.logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var qc queryConfig
+	if err := setFlags("query", qc.register, flags); err != nil {
+		t.Fatal(err)
+	}
+	r, err := qc.rules.get(env.logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.FinishedPercent != 90 || r.FinishedRemaining != 120 || r.MinResumeSeconds != 30 || qc.rules.maxAge != 720*time.Hour {
+		t.Fatalf("query rules %+v, max age %s", r, qc.rules.maxAge)
+	}
+	if err := parseFlags(env, fs, []string{"--min-resume-percent", "99"}); err == nil {
+		if _, err := dc.queryFlags(env.logger); err == nil {
+			t.Fatal("a minimum above the finished percent was accepted")
+		}
+	}
+}
