@@ -160,6 +160,28 @@ func TestCommandRefusesAnotherShardCount(t *testing.T) {
 	}
 }
 
+// TestWritersRefuseARedisThatCollates: a redis-server running under a locale
+// other than C compares strings in scripts by that locale, which would break
+// ties between states unlike MongoDB; the services that write the buffer
+// refuse it at start and name the fix.
+func TestWritersRefuseARedisThatCollates(t *testing.T) {
+	r := testenv.StartRedisEnv(t, testenv.Locale(t, "en_US"))
+	for _, args := range [][]string{
+		{"command", "--flush=false", "--auth-secret", "s", "--http-addr", "127.0.0.1:0"},
+		{"flush", "--http-addr", "127.0.0.1:0"},
+	} {
+		done, out := startMain(t, context.Background(), append(args, "--redis-url", r.URL())...)
+		select {
+		case code := <-done:
+			if code != 1 || !strings.Contains(out.String(), "LC_ALL=C") {
+				t.Errorf("%s on a Redis under en_US.UTF-8: exit code %d, want 1 naming LC_ALL=C\n%s", args[0], code, out)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s started on a Redis that collates\n%s", args[0], out)
+		}
+	}
+}
+
 // TestSIGTERMFinishesInFlightRequests builds the real binary, holds a request
 // in flight by pausing Redis writes, sends SIGTERM, and checks that the
 // request is still answered 202 (its write acknowledged) and that the process

@@ -65,6 +65,10 @@ func (c *redisConfig) open(ctx context.Context, log *slog.Logger) (redis.Univers
 	}
 	pctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	if err := buf.CheckCollation(pctx); err != nil {
+		_ = client.Close()
+		return nil, nil, err
+	}
 	if err := buf.CheckShards(pctx); err != nil {
 		_ = client.Close()
 		return nil, nil, err

@@ -45,6 +45,8 @@ type Options struct {
 	LogFile string
 	// StartTimeout bounds the wait for the first PONG; 10s when 0.
 	StartTimeout time.Duration
+	// Env is added to the server's environment (LC_ALL, for one).
+	Env []string
 	// ReturnWhileLoading makes Start return as soon as the server answers,
 	// -LOADING included: for tests of clients facing a server that is still
 	// reading its append-only file back.
@@ -138,6 +140,9 @@ func start(ctx context.Context, path string, o Options, port int) (*Server, erro
 		path = ts
 	}
 	cmd := exec.Command(path, args...)
+	if len(o.Env) > 0 {
+		cmd.Env = append(os.Environ(), o.Env...)
+	}
 	if o.StopWithParent {
 		setStopWithParent(cmd)
 	}

@@ -43,7 +43,14 @@ func FreePort(t testing.TB) int {
 // when redis-server is not installed.
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
-	srv, err := redisserver.Start(context.Background(), redisserver.Options{Dir: t.TempDir(), Core: -1, Args: extra})
+	return StartRedisEnv(t, nil, extra...)
+}
+
+// StartRedisEnv is StartRedis with variables added to the server's
+// environment (a locale, for one).
+func StartRedisEnv(t testing.TB, env []string, extra ...string) *Redis {
+	t.Helper()
+	srv, err := redisserver.Start(context.Background(), redisserver.Options{Dir: t.TempDir(), Core: -1, Args: extra, Env: env})
 	if err != nil {
 		t.Fatalf("testenv: %v (.ci/run installs redis-server)", err)
 	}

@@ -477,6 +477,32 @@ func (b *Buffer) eraseKeys(shard int, userID string) []string {
 	return []string{b.queueKeys[shard], b.ageKeys[shard], b.claimKeys[shard], b.failKeys[shard], b.userKey(shard, userID)}
 }
 
+// CheckCollation makes sure Redis' scripts compare strings byte by byte, as
+// the newest-wins order of encoded states needs: Lua uses the C library's
+// strcoll, and a redis-server started under a locale other than C orders
+// strings by that locale's collation. It checks every master of a cluster,
+// and returns an error naming the fix when one is wrong.
+func (b *Buffer) CheckCollation(ctx context.Context) error {
+	check := func(ctx context.Context, c redis.Scripter, where string) error {
+		n, err := collationScript.Run(ctx, c, nil).Int()
+		if err != nil {
+			return unavailable("check redis' string order", err)
+		}
+		if n != 0 {
+			return fmt.Errorf("redis%s compares strings in scripts by its locale's collation, not byte by byte "+
+				"(check %d failed): the buffer's newest-wins order needs byte order. Start redis-server with LC_ALL=C "+
+				"(or LC_COLLATE=C) in its environment", where, n)
+		}
+		return nil
+	}
+	if cc, ok := b.c.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return check(ctx, c, " at "+c.Options().Addr)
+		})
+	}
+	return check(ctx, b.c, "")
+}
+
 // Ping checks that Redis answers.
 func (b *Buffer) Ping(ctx context.Context) error {
 	if err := b.c.Ping(ctx).Err(); err != nil {

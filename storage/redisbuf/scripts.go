@@ -389,3 +389,24 @@ if not cur or cur == ARGV[2] then
 end
 return tonumber(cur)
 `)
+
+// collationScript compares pairs of strings whose byte order is known and
+// returns the index of the first pair Lua orders otherwise (0: none). Lua
+// compares strings with the C library's strcoll, so a redis-server started
+// under a locale such as en_US.UTF-8 orders them by that locale's collation,
+// which ignores punctuation at first: "-0000001.000" (a position not sent)
+// then sorts above "00000000.000", and ties between states would be broken
+// unlike MongoDB's $max. The pairs hold the characters encoded states use.
+var collationScript = redis.NewScript(`
+local pairs = {
+  {'-0000001.000', '00000000.000'},
+  {'0.9', '0|1'},
+  {'1|0|A', '1|0|a'},
+  {'ab-c', 'ab.c'},
+  {'x:1', 'x_0'},
+}
+for i, p in ipairs(pairs) do
+  if not (p[1] < p[2]) then return i end
+end
+return 0
+`)
