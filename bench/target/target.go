@@ -70,7 +70,7 @@ func (k Kind) Flags() []string {
 	_, opts, _ := strings.Cut(string(k), ":")
 	var out []string
 	for _, o := range strings.Split(opts, ",") {
-		if name, _, _ := strings.Cut(o, "="); o != "" && name != "aof" {
+		if name, _, _ := strings.Cut(o, "="); o != "" && name != "aof" && name != "bin" {
 			out = append(out, "--"+o)
 		}
 	}
@@ -103,6 +103,9 @@ func ParseKinds(s string) ([]Kind, error) {
 			case o == "":
 			case name == "aof" && (v == "no" || v == "everysec" || v == "always"):
 			case name == "pool" && k.Base() == NaiveRedis && v != "" && strings.Trim(v, "0123456789") == "":
+			case k.Base() == Keepwatch && name == "bin" && v != "":
+				// Another keepwatch binary: a build before a change, to
+				// measure before and after in one run.
 			case k.Base() == Keepwatch && name != "aof" && name != "" && strings.Trim(name, "abcdefghijklmnopqrstuvwxyz-") == "":
 				// Any other option of a keepwatch target is one of its
 				// flags: keepwatch:commit-workers=1.
@@ -256,7 +259,11 @@ func Launch(ctx context.Context, kind Kind, c Config) (r *Running, err error) {
 		args := []string{"command", "--redis-url", r.RedisURL, "--auth-secret", c.Secret, "--flush=false"}
 		args = append(args, c.KeepwatchArgs...)
 		args = append(args, kind.Flags()...)
-		r.CommandURL, err = server("keepwatch-command", c.Keepwatch, args, nil)
+		bin := c.Keepwatch
+		if b := kind.Option("bin"); b != "" {
+			bin = b
+		}
+		r.CommandURL, err = server("keepwatch-command", bin, args, nil)
 		if err != nil || !c.Query {
 			return r, err
 		}

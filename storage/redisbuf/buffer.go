@@ -342,13 +342,12 @@ func (b *Buffer) Apply(ctx context.Context, writes []Write) (perWrite []error, e
 		}
 		idx := sc.writes[w:call.writesEnd]
 		w = call.writesEnd
-		if len(res) != len(idx) {
-			return perWrite, fmt.Errorf("apply writes: script answered %d results for %d writes", len(res), len(idx))
-		}
-		for j, r := range res {
-			if r < 0 {
-				perWrite[idx[j]] = keepwatch.ErrBufferFull
+		// The script names the refused groups by position, from 1.
+		for _, r := range res {
+			if r < 1 || int(r) > len(idx) {
+				return perWrite, fmt.Errorf("apply writes: script refused group %d of %d", r, len(idx))
 			}
+			perWrite[idx[r-1]] = keepwatch.ErrBufferFull
 		}
 	}
 	return perWrite, nil

@@ -476,6 +476,55 @@ func contract(t *testing.T, c redis.UniversalClient) {
 			}
 		}
 	})
+	t.Run("a commit of more new entries than one index call takes indexes them all", func(t *testing.T) {
+		reset(t)
+		// The script indexes a section's new entries with one ZADD per
+		// thousand (Lua's stack bounds what one call can pass, at about
+		// 4,000): 5,000 new entries in one shard take five.
+		b := newBuffer(t, c, redisbuf.Options{Shards: 1})
+		var ws []redisbuf.Write
+		for u := range 50 {
+			w := redisbuf.Write{UserID: fmt.Sprintf("bulk-%d", u)}
+			for v := range 100 {
+				w.Entries = append(w.Entries, redisbuf.Entry{VideoID: fmt.Sprintf("v%d", v), State: st(int64(10+v), 5)})
+			}
+			ws = append(ws, w)
+		}
+		per, err := b.Apply(ctx, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, e := range per {
+			if e != nil {
+				t.Fatalf("write %d: %v", i, e)
+			}
+		}
+		stats, err := b.Stats(ctx)
+		if err != nil || stats.Pending != 5000 || stats.Oldest.IsZero() {
+			t.Fatalf("stats %+v, %v; want 5,000 pending entries with an age", stats, err)
+		}
+		claimed := 0
+		for {
+			cl, err := b.Claim(ctx, 0, 1000, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cl.Entries) == 0 {
+				break
+			}
+			claimed += len(cl.Entries)
+			done := make([]int, len(cl.Entries))
+			for i := range done {
+				done[i] = i
+			}
+			if err := b.Release(ctx, cl, done, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if claimed != 5000 {
+			t.Fatalf("claimed %d entries, want every one of the 5,000 indexed", claimed)
+		}
+	})
 	t.Run("a shard count other than the data's is refused until the buffer is empty", func(t *testing.T) {
 		reset(t)
 		four := newBuffer(t, c, redisbuf.Options{Shards: 4})

@@ -34,10 +34,16 @@ var encodedLenLua = strconv.Itoa(keepwatch.EncodedLen)
 // is new. Packing keeps the client from building (and the allocator from
 // boxing) four arguments per event; '\n' cannot occur in any field (user ids
 // have no control characters, video ids and states have a fixed alphabet).
-// Returns one integer per group, in order: the number of entries that changed
-// the buffer (0 when every entry was older than what is pending, or erased),
-// or -1 when the group would add entries past its shard's limit (nothing of
-// it is applied).
+// Returns the positions (from 1, in the call's order of groups) of the groups
+// refused because they would add entries past their shard's limit (nothing of
+// them is applied): usually none, so the reply is an empty array rather than
+// one integer per group for Redis to build and the client to read. Every
+// other group is applied, or was older than what is pending (or erased),
+// which is the same outcome.
+//
+// Entries new to the buffer are indexed with one ZADD per sorted set and
+// section, not two per entry: each call from a script costs Redis about as
+// much as the command itself.
 //
 // Comparing encoded states as strings compares event time first and then the
 // tie-break fields (keepwatch.State.Compare).
@@ -73,15 +79,19 @@ local function erased(hk, val)
   local er = call('HGET', hk, '')
   return er and sub(val, 1, 13) <= sub(er, 1, 13)
 end
-local out = {}
+local refused = {}
 local g = 0
 local k = 0
+local unpack, min = unpack, math.min
 while pos <= #p do
   local groups = tonumber(field())
   local qk, ak = KEYS[k + 1], KEYS[k + 2]
   -- qk is "kw:{kwNN}:q"; user hash keys are "kw:{kwNN}:u:<user>".
   local ustart = #qk + 2
   local card = call('ZCARD', ak)
+  -- fresh holds now, member, now, member, ... of the entries new to the
+  -- buffer, indexed at the end of the section.
+  local fresh, nf = {}, 0
   for i = 1, groups do
     g = g + 1
     local hk = KEYS[k + 2 + i]
@@ -104,28 +114,24 @@ while pos <= #p do
       local c = call('HGET', hk, v)
       if not c then
         if erased(hk, val) then
-          out[g] = 0
+          -- dropped: the erase covers it
         elseif limit > 0 and card + 1 > limit then
-          out[g] = -1
+          refused[#refused + 1] = g
         else
           call('HSET', hk, v, val)
-          local m = sub(hk, ustart) .. '/' .. v
-          call('ZADD', qk, 'NX', now, m)
-          call('ZADD', ak, 'NX', now, m)
+          fresh[nf + 1] = now
+          fresh[nf + 2] = sub(hk, ustart) .. '/' .. v
+          nf = nf + 2
           card = card + 1
-          out[g] = 1
         end
       elseif val > c then
         call('HSET', hk, v, val)
-        out[g] = 1
-      else
-        out[g] = 0
       end
     else
       -- One HGET per distinct video: it tells both whether the entry is new
       -- (for the high-water mark) and what the new state must beat.
       local videos, vals, cur = {}, {}, {}
-      local fresh = 0
+      local new = 0
       local er = nil
       for j = 1, n do
         local v = field()
@@ -133,16 +139,16 @@ while pos <= #p do
         vals[j] = value()
         if cur[v] == nil then
           local c = call('HGET', hk, v)
-          if c then cur[v] = c else cur[v] = false; fresh = fresh + 1 end
+          if c then cur[v] = c else cur[v] = false; new = new + 1 end
         end
       end
-      if fresh > 0 then er = call('HGET', hk, '') end
+      if new > 0 then er = call('HGET', hk, '') end
       if er then
         -- Entries new to the buffer that the erase covers are dropped; an
         -- entry of the group for the same video that is newer than the
         -- erase still counts as new.
         er = sub(er, 1, 13)
-        fresh = 0
+        new = 0
         local seen = {}
         for j = 1, n do
           local v = videos[j]
@@ -151,41 +157,43 @@ while pos <= #p do
               vals[j] = false
             elseif not seen[v] then
               seen[v] = true
-              fresh = fresh + 1
+              new = new + 1
             end
           end
         end
       end
-      if limit > 0 and fresh > 0 and card + fresh > limit then
-        out[g] = -1
+      if limit > 0 and new > 0 and card + new > limit then
+        refused[#refused + 1] = g
       else
-        local changed = 0
         for j = 1, n do
           local v, val = videos[j], vals[j]
           local c = cur[v]
           if not val then
             -- erased
           elseif c == false then
-            local m = sub(hk, ustart) .. '/' .. v
-            call('ZADD', qk, 'NX', now, m)
-            call('ZADD', ak, 'NX', now, m)
+            fresh[nf + 1] = now
+            fresh[nf + 2] = sub(hk, ustart) .. '/' .. v
+            nf = nf + 2
             card = card + 1
             call('HSET', hk, v, val)
             cur[v] = val
-            changed = changed + 1
           elseif val > c then
             call('HSET', hk, v, val)
             cur[v] = val
-            changed = changed + 1
           end
         end
-        out[g] = changed
       end
     end
   end
+  -- Lua's stack bounds how many values unpack may pass: 1000 entries a call.
+  for s = 1, nf, 2000 do
+    local e = min(nf, s + 1999)
+    call('ZADD', qk, 'NX', unpack(fresh, s, e))
+    call('ZADD', ak, 'NX', unpack(fresh, s, e))
+  end
   k = k + 2 + groups
 end
-return out
+return refused
 `)
 
 // eraseScript records a user's erase: it drops the user's pending entries at
