@@ -164,51 +164,6 @@ func TestIdleFloodUnderLowFileLimit(t *testing.T) {
 	running(t, p)
 }
 
-// TestDevSurvivesIdleFloodUnderLowFileLimit: keepwatch dev under `ulimit -n
-// 512` used to lose both APIs to 600 idle connections. Now both keep
-// answering through a flood on each and serve normally after.
-func TestDevSurvivesIdleFloodUnderLowFileLimit(t *testing.T) {
-	bin := buildBinary(t, "run it under a low open-file limit")
-	cmdAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	queryAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	p := testenv.StartProc(t, underFileLimit(bin, 512, "dev", "--data-dir", t.TempDir(),
-		"--command-addr", cmdAddr, "--query-addr", queryAddr))
-	for _, a := range []string{cmdAddr, queryAddr} {
-		p.WaitHTTP("http://"+a+"/readyz", http.StatusOK, time.Minute)
-	}
-	tok := devTokenRE.FindString(p.Logs.String())
-	if tok == "" {
-		t.Fatalf("no token printed:\n%s", p.Logs)
-	}
-	floods := []*flooded{flood(t, cmdAddr, "127.0.0.2", 600), flood(t, queryAddr, "127.0.0.3", 600)}
-	running(t, p)
-	for _, a := range []string{cmdAddr, queryAddr} {
-		answers(t, "http://"+a+"/healthz")
-	}
-	t.Logf("command: %v; query: %v", floods[0].statuses, floods[1].statuses)
-	for _, f := range floods {
-		f.close()
-	}
-	for _, a := range []string{cmdAddr, queryAddr} {
-		p.WaitHTTP("http://"+a+"/healthz", http.StatusOK, time.Minute)
-	}
-	if code := postProgress(t, "http://"+cmdAddr, tok, `{"video_id":"after-flood","percent":5}`); code != http.StatusAccepted {
-		t.Fatalf("POST after the flood: %d\n%s", code, p.Logs)
-	}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+queryAddr+"/v1/keep-watching", nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "after-flood") {
-		t.Fatalf("keep-watching after the flood: %d %s", resp.StatusCode, body)
-	}
-	running(t, p)
-}
-
 // TestSecretsFromFiles: --auth-secret-file and --admin-token-file keep the
 // secrets out of the process's arguments (a trailing newline, as editors and
 // Kubernetes secrets leave, is ignored); a secret given both ways is a usage

@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keepwatch/keepwatch/internal/testenv"
 )
@@ -43,39 +42,5 @@ func TestFinishedThresholdStillWorks(t *testing.T) {
 				t.Fatalf("warned %v, want %v: %s", warned, deprecated, out)
 			}
 		})
-	}
-}
-
-// TestDevHandsTheRulesToItsQueryService: keepwatch dev takes the rule flags
-// and gives them to the query service it runs.
-func TestDevHandsTheRulesToItsQueryService(t *testing.T) {
-	out := &testenv.Output{}
-	env := &environment{stdout: out, stderr: out, getenv: func(string) string { return "" }, logger: slog.New(slog.NewTextHandler(out, nil))}
-	fs := newFlagSet(env, "dev", "")
-	var dc devConfig
-	dc.register(fs)
-	if err := parseFlags(env, fs, []string{"--finished-threshold", "90", "--finished-remaining", "120", "--min-resume-seconds", "30",
-		"--keep-watching-max-age", "720h"}); err != nil {
-		t.Fatal(err)
-	}
-	flags, err := dc.queryFlags(env.logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var qc queryConfig
-	if err := setFlags("query", qc.register, flags); err != nil {
-		t.Fatal(err)
-	}
-	r, err := qc.rules.get(env.logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.FinishedPercent != 90 || r.FinishedRemaining != 120 || r.MinResumeSeconds != 30 || qc.rules.maxAge != 720*time.Hour {
-		t.Fatalf("query rules %+v, max age %s", r, qc.rules.maxAge)
-	}
-	if err := parseFlags(env, fs, []string{"--min-resume-percent", "99"}); err == nil {
-		if _, err := dc.queryFlags(env.logger); err == nil {
-			t.Fatal("a minimum above the finished percent was accepted")
-		}
 	}
 }
