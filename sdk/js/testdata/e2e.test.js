@@ -280,7 +280,10 @@ test('a tight rate limit gives 429s: the SDK waits at least Retry-After, and the
   const p = await openPlayer({ user, videoId: 'e2e-429', commandUrl: LIMITED, interval: 500, options: { retryMax: 10_000 } });
   await p.video.playUntil(6);
   const at = await p.video.pause();
-  await waitFor('the last position despite 429s', async () => (await progress(user, 'e2e-429'))?.position === at, 90_000);
+  await waitFor('the last position despite 429s', async () => (await progress(user, 'e2e-429'))?.position === at, 90_000)
+    .catch(async (err) => assert.fail(`${err.message}; paused at ${at}; server holds ${JSON.stringify(await progress(user, 'e2e-429'))}; ` +
+      `requests: ${JSON.stringify(p.requests.map((r) => [r.path, r.status, r.at - p.requests[0].at, r.body?.position ?? r.body?.events?.map((e) => e.position)]))}; ` +
+      `queued: ${JSON.stringify(await p.queued())}; errors: ${JSON.stringify(await p.errors())}`));
   const sent = p.requests.filter((r) => r.status !== null);
   assert.ok(sent.some((r) => r.status === 429), `429s: ${JSON.stringify(sent.map((r) => r.status))}`);
   for (let i = 0; i + 1 < sent.length; i++) {
