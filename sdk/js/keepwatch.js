@@ -27,6 +27,11 @@ const STORAGE_PREFIX = 'keepwatch:v1:';
  * tab that died mid-request is sent soon by the next.
  */
 const LEASE = 30_000;
+/**
+ * How soon a tab looks at the queue again when another tab held its lock
+ * (ms): that tab's send may have missed what this tab just queued.
+ */
+const LOCK_BUSY_RETRY_MS = 1_000;
 
 /** The defaults of trackProgress's options. */
 export const defaults = Object.freeze({
@@ -307,7 +312,7 @@ class Tracker {
   #drain() {
     if (this.#draining) return this.#draining;
     if (this.#queue.list(undefined).length === 0) return Promise.resolve();
-    this.#draining = withLock(`keepwatch-queue ${this.#url}`, () => this.#drainLocked())
+    this.#draining = withLock(`keepwatch-queue ${this.#url}`, () => this.#drainLocked(), () => this.#lockBusy())
       .catch((err) => this.#report(new KeepwatchError('keepwatch: sending queued progress', { cause: err })))
       .finally(() => {
         this.#draining = null;
@@ -327,7 +332,14 @@ class Tracker {
       }
     }
     for (;;) {
-      if (this.#blocked()) return;
+      if (this.#blocked()) {
+        // A timer may fire a moment before the deadline it was set for
+        // (timers and performance.now() are not one clock): come back when
+        // the wait is over, or nothing would send the queue until the next
+        // post.
+        this.#resumeLater();
+        return;
+      }
       const entries = this.#queue.list(this.#user);
       if (entries.length === 0) return;
       if (!(await this.#send(chunk(entries), { keepalive: false, single: false }))) return;
@@ -443,12 +455,32 @@ class Tracker {
       delay = Math.max(delay, wait);
     }
     this.#backoffUntil = now + delay;
-    if (this.#stopped) return;
     clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#wakeIn(delay);
+  }
+
+  /**
+   * lockBusy runs when another tab holds the queue's lock. That tab may have
+   * listed the queue just before this tab added to it, so look again soon
+   * rather than leave the observation until the next post.
+   */
+  #lockBusy() {
+    this.#wakeIn(LOCK_BUSY_RETRY_MS);
+  }
+
+  /** resumeLater drains once the current wait is over, unless a retry timer already will. */
+  #resumeLater() {
+    this.#wakeIn(Math.max(1, Math.ceil(Math.max(this.#notBefore, this.#backoffUntil) - monotonic())));
+  }
+
+  /** wakeIn sends the queue in ms, unless a timer already will. */
+  #wakeIn(ms) {
+    if (this.#retryTimer !== null || this.#stopped) return;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = null;
       this.#drain();
-    }, delay);
+    }, ms);
   }
 
   #report(err) {
@@ -624,11 +656,11 @@ function pickStorage(storage) {
   return storage ?? new MemoryStorage();
 }
 
-/** withLock runs fn holding a Web Lock when the browser has them; another tab holding it means that tab is sending. */
-function withLock(name, fn) {
+/** withLock runs fn holding a Web Lock when the browser has them, or busy when another tab holds it (that tab is sending). */
+function withLock(name, fn, busy) {
   const locks = globalThis.navigator?.locks;
   if (!locks?.request) return Promise.resolve().then(fn);
-  return locks.request(name, { ifAvailable: true }, (lock) => (lock ? fn() : undefined));
+  return locks.request(name, { ifAvailable: true }, (lock) => (lock ? fn() : busy()));
 }
 
 /** subject returns a JWT's sub claim, read without verifying (the server verifies), or '' when there is none. */

@@ -210,16 +210,23 @@ test('ts is when the position was observed and sent_at when the request went out
   assert.equal(batch.body.sent_at - batch.body.events[0].ts, 55_000, 'the age on the monotonic clock');
 });
 
-test('an observation left by an earlier page is aged on the wall clock', async (t) => {
-  const p = page(t, () => new TypeError('offline'));
+/** leftQueued plays v-123 to 7 s offline and closes the page: the observation waits in the returned storage. */
+async function leftQueued(p) {
   const storage = new MapStorage();
-  const first = new FakeMedia();
-  const { tracker } = track(p, first, { storage });
-  first.play();
+  const media = new FakeMedia();
+  const { tracker } = track(p, media, { storage });
+  media.play();
   await advance(7_000);
-  first.pause();
+  media.pause(); // fails: queued
   await settle();
   await tracker.stop();
+  assert.ok(storage.length > 0, 'queued');
+  return storage;
+}
+
+test('an observation left by an earlier page is aged on the wall clock', async (t) => {
+  const p = page(t, () => new TypeError('offline'));
+  const storage = await leftQueued(p);
 
   // A new page (the monotonic clock restarts), 2 minutes later.
   await advance(120_000);
@@ -236,6 +243,33 @@ test('an observation left by an earlier page is aged on the wall clock', async (
   assert.equal(batch.body.events[0].position, 7);
   const age = batch.body.sent_at - batch.body.events[0].ts;
   assert.ok(age >= 120_000 && age <= 120_010, `age ${age}`);
+  assert.equal(storage.length, 0, 'acknowledged: no longer queued');
+});
+
+test('a queue whose lock another tab holds is looked at again soon, not left until the next post', async (t) => {
+  const p = page(t, () => new TypeError('offline'));
+  const storage = await leftQueued(p);
+
+  // A new page starts while another tab holds the queue's lock (that tab
+  // listed the queue a moment before and is sending something else).
+  let held = true;
+  const asked = [];
+  globalThis.navigator = { locks: { request: async (name, opts, fn) => { asked.push(held); return fn(held ? null : { name }); } } };
+  t.after(() => delete globalThis.navigator);
+  p.server.respond = () => 202;
+  const before = p.posts().length;
+  await import('../keepwatch.js?lockbusy').then((m) => {
+    m.trackProgress(new FakeMedia(), { commandUrl: URL_, videoId: 'v-other', token: p.token, fetch: p.fetch, storage });
+  });
+  await advance(10, 1);
+  assert.deepEqual(asked, [true], 'asked for the lock once, found it held');
+  assert.equal(p.posts().length, before, 'nothing sent while the other tab holds the lock');
+  held = false;
+  await advance(2_000);
+  const batch = p.posts().at(-1);
+  assert.equal(p.posts().length, before + 1, 'sent once the lock was free');
+  assert.equal(batch.path, '/v1/progress/batch');
+  assert.equal(batch.body.events[0].position, 7);
   assert.equal(storage.length, 0, 'acknowledged: no longer queued');
 });
 
@@ -313,6 +347,27 @@ test('while sends fail, only the retry timer sends: one request at a time, whate
   assert.equal(sent[0].path, '/v1/progress');
   assert.ok(sent.slice(1).every((r) => r.path === '/v1/progress/batch'), 'after the first failure, only the queue is sent');
   for (let i = 1; i < sent.length; i++) assert.ok(sent[i].at - sent[i - 1].at >= 1000, `Retry-After honoured: ${sent.map((r) => r.at - sent[0].at)}`);
+});
+
+test('a retry timer that fires a moment before its deadline still sends the queue, a moment later', async (t) => {
+  const p = page(t, () => ({ status: 429, headers: { 'Retry-After': '1' } }));
+  t.mock.method(Math, 'random', () => 0);
+  const media = new FakeMedia();
+  track(p, media, { interval: 600_000, retryBase: 1_000, retryMax: 1_000 });
+  media.play();
+  await advance(2_000);
+  media.pause(); // posted at once: 429, Retry-After 1 s
+  await settle();
+  assert.equal(p.posts().length, 1);
+  p.server.respond = () => 202;
+  // The retry timer fires while the page's clock still reads 1 ms short of
+  // the deadline: timers and performance.now() are not one clock.
+  clock.mono += 999;
+  mock.timers.tick(1_000);
+  await settle();
+  await advance(100, 1);
+  assert.equal(p.posts().length, 2, 'the paused position is sent once the wait is over, with nothing else to wake the queue');
+  assert.equal(p.posts()[1].body.events[0].position, 2);
 });
 
 test('a 4xx other than 401 and 429 is dropped, reported, and never retried', async (t) => {
