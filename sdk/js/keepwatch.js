@@ -97,6 +97,7 @@ class Tracker {
   #token = null; // the last token, for sends that cannot wait (page close)
   #engaged = false; // playback started: nothing is posted before
   #last = null; // position of the last observation posted or queued
+  #seen = null; // the last reading of the media with metadata (#read)
   #heartbeat = null;
   #seekTimer = null;
   #retryTimer = null;
@@ -166,12 +167,21 @@ class Tracker {
         this.#post();
       }, o.seekDebounce);
     });
+    on(media, 'timeupdate', () => {
+      this.#seen = this.#read() ?? this.#seen;
+    });
     on(media, 'emptied', () => {
-      // A new source: nothing of the old one may be posted as this video.
+      // The player destroyed or detached itself, or reloads the source
+      // (hls.js recoverMediaError, video.js reloadSourceOnError): the
+      // element reads 0 and no duration now, so post where the viewer got
+      // to as last seen. Then forget it: nothing of the old source may be
+      // posted as the new one's.
+      this.#post();
       this.#stopHeartbeat();
       this.#cancelSeek();
       this.#engaged = false;
       this.#last = null;
+      this.#seen = null;
     });
     on(globalThis.document, 'visibilitychange', () => {
       if (globalThis.document.visibilityState === 'hidden') this.#post(true);
@@ -242,30 +252,42 @@ class Tracker {
     this.#seekTimer = null;
   }
 
-  /** observe reads the media's position now; null when it cannot be tracked. */
-  #observe() {
+  /** read reads the media's position now; null when it cannot be tracked. */
+  #read() {
     const d = this.#media.duration;
     const p = this.#media.currentTime;
-    // NaN: no metadata yet. Infinity (or Shaka's huge number): a live stream,
-    // which has no position to resume.
+    // NaN: no metadata yet, or the element was emptied. Infinity (or
+    // Shaka's huge number): a live stream, which has no position to resume.
     if (!(d > 0 && d <= MAX_SECONDS) || !Number.isFinite(p)) return null;
     const duration = round3(d);
     if (duration <= 0) return null;
     const position = round3(Math.min(Math.max(p, 0), duration));
-    const percent = round3(Math.min(100, Math.max(0, (position / duration) * 100)));
-    const e = { video_id: this.#o.videoId, percent, position, duration };
+    return { position, duration, ended: this.#media.ended, ts: Date.now(), m: monotonic() };
+  }
+
+  /**
+   * observe makes the observation to post: the media's position now or,
+   * when the element has lost its source (a player's destroy() empties it at
+   * once, before its emptied event), the last one seen; null when there is
+   * none.
+   */
+  #observe() {
+    const r = this.#read() ?? this.#seen;
+    if (!r) return null;
+    const percent = round3(Math.min(100, Math.max(0, (r.position / r.duration) * 100)));
+    const e = { video_id: this.#o.videoId, percent, position: r.position, duration: r.duration };
     if (this.#o.seriesId !== undefined) e.series_id = this.#o.seriesId;
     if (this.#o.episode !== undefined) e.episode = round3(this.#o.episode);
     // Played to its end: the server counts it finished whatever its rule
     // for the credits says.
-    if (this.#media.ended) e.completed = true;
+    if (r.ended) e.completed = true;
     return {
       id: `${SESSION}.${++observations}`,
       u: this.#user,
       e,
-      ts: Date.now(),
+      ts: r.ts,
       s: SESSION,
-      m: monotonic(),
+      m: r.m,
     };
   }
 

@@ -64,6 +64,22 @@ export class FakeMedia extends EventTarget {
     this.emit('ended');
   }
 
+  /**
+   * empty does what the media element load algorithm does when a player
+   * tears down or reloads its source (hls.js destroy() and
+   * recoverMediaError(), video.js dispose(), Shaka unload()): at once the
+   * element reads 0, no duration and nothing buffered; its emptied event
+   * follows as a task of its own (emit('emptied')).
+   */
+  empty() {
+    this.currentTime = 0;
+    this.duration = NaN;
+    this.readyState = 0;
+    this.paused = true;
+    this.seeking = false;
+    this.ended = false;
+  }
+
   emit(type) {
     this.dispatchEvent(new Event(type));
   }

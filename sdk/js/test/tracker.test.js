@@ -605,6 +605,46 @@ test('stop posts the current position once and detaches', async (t) => {
   assert.equal(p.posts().length, 1);
 });
 
+test('a player torn down before stop() (hls.js destroy(), video.js dispose() empty the element at once): stop still posts the position last seen', async (t) => {
+  const p = page(t);
+  const media = new FakeMedia();
+  const { tracker } = track(p, media);
+  media.play();
+  await advance(14_000); // a heartbeat at 10
+  media.emit('timeupdate'); // browsers fire it about every 250 ms of playback
+  media.empty();
+  await tracker.stop();
+  assert.deepEqual(p.posts().map((r) => [r.body.position, r.body.duration]), [[10, 600], [14, 600]]);
+  media.emit('emptied');
+  await advance(60_000);
+  assert.equal(p.posts().length, 2, 'nothing after stop');
+});
+
+test('a player emptying the element mid-play (a reload, a detach) gets the position reached posted, never the 0 the element reads', async (t) => {
+  const p = page(t);
+  const media = new FakeMedia();
+  track(p, media);
+  media.play();
+  await advance(14_000); // a heartbeat at 10
+  media.emit('timeupdate');
+  await advance(200);
+  media.empty();
+  media.emit('timeupdate'); // the load algorithm's, at 0 with no duration
+  media.emit('emptied');
+  await settle();
+  assert.deepEqual(p.posts().map((r) => r.body.position), [10, 14]);
+
+  // hls.js recoverMediaError(): the new source gets its metadata, reads 0,
+  // and the player seeks back to where it was before playing on.
+  media.duration = 600;
+  media.readyState = 4;
+  media.emit('timeupdate');
+  media.seek(14.2);
+  media.play();
+  await advance(11_000);
+  assert.deepEqual(p.posts().map((r) => r.body.position), [10, 14, 15.2, 25.2], 'never 0: the settled seek back, then heartbeats from there');
+});
+
 test('bad options throw at once: video id rule, URL, token', () => {
   const media = new FakeMedia();
   const ok = { commandUrl: URL_, videoId: 'v', token: () => 't', storage: null };
