@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -16,8 +17,9 @@ import (
 	playersdk "github.com/keepwatch/keepwatch/sdk/js"
 )
 
-// sdkTestdata holds the browser tests, their page and their pinned
-// playwright-core (npm ci there).
+// sdkTestdata holds the browser tests, their pages, the HLS rendition of
+// the clip, and their pinned playwright-core and player libraries (npm ci
+// there).
 const sdkTestdata = "../../sdk/js/testdata"
 
 // browserTools returns node's path, or fails naming the fix: the browser
@@ -38,8 +40,10 @@ func browserTools(t *testing.T) string {
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("%s is missing: apt-get install -y chromium (.ci/run does), or set KW_CHROMIUM", chromium)
 	}
-	if _, err := os.Stat(filepath.Join(sdkTestdata, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Fatal("playwright-core is not installed: run `npm ci` in sdk/js/testdata (.ci/run does)")
+	for _, pkg := range []string{"playwright-core", "hls.js", "video.js", "shaka-player"} {
+		if _, err := os.Stat(filepath.Join(sdkTestdata, "node_modules", pkg, "package.json")); err != nil {
+			t.Fatalf("%s is not installed: run `npm ci` in sdk/js/testdata (.ci/run does)", pkg)
+		}
 	}
 	return node
 }
@@ -85,8 +89,9 @@ func startService(t *testing.T, args ...string) string {
 	return "http://" + addr
 }
 
-// sdkPages serves the browser tests' page, the SDK and the clip, as a
-// player's site would, from an origin of its own.
+// sdkPages serves the browser tests' pages, the SDK, the clip, its HLS
+// rendition and the player libraries' browser builds (from npm ci's
+// node_modules), as a player's site would, from an origin of its own.
 func sdkPages() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /keepwatch.js", func(w http.ResponseWriter, r *http.Request) {
@@ -96,10 +101,64 @@ func sdkPages() http.Handler {
 		w.Header().Set("Content-Type", "video/webm")
 		http.ServeFileFS(w, r, playersdk.Files, "demo/clip.webm")
 	})
-	mux.HandleFunc("GET /player.html", func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFile(w, r, filepath.Join(sdkTestdata, "player.html"))
+	for _, page := range []string{"player.html", "players.html"} {
+		mux.HandleFunc("GET /"+page, func(w http.ResponseWriter, r *http.Request) {
+			http.ServeFile(w, r, filepath.Join(sdkTestdata, page))
+		})
+	}
+	libs := map[string]string{
+		"hls.min.js":               "hls.js/dist/hls.min.js",
+		"video.min.js":             "video.js/dist/video.min.js",
+		"shaka-player.compiled.js": "shaka-player/dist/shaka-player.compiled.js",
+	}
+	mux.HandleFunc("GET /lib/{file}", func(w http.ResponseWriter, r *http.Request) {
+		lib, ok := libs[r.PathValue("file")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeFile(w, r, filepath.Join(sdkTestdata, "node_modules", lib))
+	})
+	// Go's MIME table knows neither playlists nor fMP4 segments, and the
+	// players check the playlist's type.
+	hlsTypes := map[string]string{".m3u8": "application/vnd.apple.mpegurl", ".m4s": "video/mp4", ".mp4": "video/mp4"}
+	hls := http.StripPrefix("/hls/", http.FileServer(http.Dir(filepath.Join(sdkTestdata, "hls"))))
+	mux.HandleFunc("GET /hls/", func(w http.ResponseWriter, r *http.Request) {
+		ct, ok := hlsTypes[path.Ext(r.URL.Path)]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", ct)
+		hls.ServeHTTP(w, r)
 	})
 	return mux
+}
+
+// sdkBackend starts what the browser tests run against: Redis, a
+// MongoDB-protocol server, the pages (sdkPages), a command API with its
+// flusher and the query API, both with the pages' origin in --cors-origins.
+// It returns the KW_* variables the scripts read, and the flags every
+// keepwatch of the test shares, for more of them.
+func sdkBackend(t *testing.T) (vars map[string]string, common []string) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	m := testenv.StartMongo(t)
+	pages := httptest.NewServer(sdkPages())
+	t.Cleanup(pages.Close)
+	const secret = "browser-test-secret"
+	common = []string{"--redis-url", r.URL(), "--mongo-uri", m.URI, "--mongo-db", m.Database, "--migrate",
+		"--auth-secret", secret, "--cors-origins", pages.URL, "--shutdown-grace", "2s"}
+	command := startService(t, append([]string{"command", "--flush-interval", "200ms"}, common...)...)
+	// The scripts poll the query API every 100 ms while they wait: no rate
+	// limit there, or the polling itself is refused past the burst.
+	query := startService(t, append([]string{"query", "--rate-limit", "0"}, common...)...)
+	return map[string]string{
+		"KW_PAGES_URL":   pages.URL,
+		"KW_COMMAND_URL": command,
+		"KW_QUERY_URL":   query,
+		"KW_AUTH_SECRET": secret,
+	}, common
 }
 
 // TestPlayerSDKInChromium runs sdk/js/testdata/e2e.test.js: Debian's
@@ -115,24 +174,23 @@ func sdkPages() http.Handler {
 // expired token is refreshed.
 func TestPlayerSDKInChromium(t *testing.T) {
 	node := browserTools(t)
-	r := testenv.StartRedis(t)
-	m := testenv.StartMongo(t)
-	pages := httptest.NewServer(sdkPages())
-	t.Cleanup(pages.Close)
-	const secret = "browser-test-secret"
-	common := []string{"--redis-url", r.URL(), "--mongo-uri", m.URI, "--mongo-db", m.Database, "--migrate",
-		"--auth-secret", secret, "--cors-origins", pages.URL, "--shutdown-grace", "2s"}
-	command := startService(t, append([]string{"command", "--flush-interval", "200ms"}, common...)...)
-	limited := startService(t, append([]string{"command", "--flush=false", "--rate-limit", "0.2", "--rate-burst", "1"}, common...)...)
-	// The script polls the query API every 100 ms while it waits (for the
-	// rate-limited player's last position, up to 90 s): no rate limit
-	// there, or the polling itself is refused past the burst.
-	query := startService(t, append([]string{"query", "--rate-limit", "0"}, common...)...)
-	runNodeTests(t, node, "e2e.test.js", map[string]string{
-		"KW_PAGES_URL":           pages.URL,
-		"KW_COMMAND_URL":         command,
-		"KW_LIMITED_COMMAND_URL": limited,
-		"KW_QUERY_URL":           query,
-		"KW_AUTH_SECRET":         secret,
-	})
+	vars, common := sdkBackend(t)
+	vars["KW_LIMITED_COMMAND_URL"] = startService(t, append([]string{"command", "--flush=false", "--rate-limit", "0.2", "--rate-burst", "1"}, common...)...)
+	runNodeTests(t, node, "e2e.test.js", vars)
+}
+
+// TestPlayerSDKWithPlayerLibrariesInChromium runs
+// sdk/js/testdata/players.test.js: hls.js, video.js (VHS) and Shaka Player,
+// as pinned in sdk/js/testdata/package-lock.json, each play the clip's HLS
+// rendition (sdk/js/testdata/hls) through Media Source Extensions in
+// Debian's chromium, and the SDK tracks the <video> the library plays
+// through, against the same real keepwatch as TestPlayerSDKInChromium. For
+// each library the script checks that heartbeats arrive while it plays and
+// none while paused, that a pause and a seek land on the query API with the
+// position the page saw and the duration the library set, and that stop()
+// detaches.
+func TestPlayerSDKWithPlayerLibrariesInChromium(t *testing.T) {
+	node := browserTools(t)
+	vars, _ := sdkBackend(t)
+	runNodeTests(t, node, "players.test.js", vars)
 }

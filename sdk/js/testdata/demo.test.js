@@ -1,25 +1,19 @@
 // The demo page of `keepwatch dev`, as a newcomer uses it: pick a video, watch
 // a few seconds, pause, and see it in the keep-watching row with its bar.
 // Run by go test ./cmd/keepwatch -run TestDevDemoPageInChromium.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, need, round3, waitFor } from './browser.js';
+import { need, round3, useBrowser, waitFor } from './browser.js';
 
 const DEMO = need('KW_DEMO_URL');
 const QUERY = need('KW_QUERY_URL');
 const TOKEN = need('KW_TOKEN');
 const SCREENSHOT = need('KW_SCREENSHOT');
 
-let browser;
-before(async () => {
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-});
+const browser = useBrowser();
 
 test('the demo page tracks the video and shows it in keep-watching', async () => {
-  const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
+  const page = await browser().newPage({ viewport: { width: 1200, height: 820 } });
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
   await page.goto(DEMO);

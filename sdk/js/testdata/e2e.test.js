@@ -3,9 +3,9 @@
 // its flusher, a second one with a tight rate limit, the query API) on a real
 // Redis and a MongoDB-protocol server. Run by go test ./cmd/keepwatch -run
 // TestPlayerSDKInChromium, which starts all of them and sets KW_*.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { launch, mint, need, round3, waitFor } from './browser.js';
+import { exposeToken, mint, need, readProgress, recordRequests, round3, useBrowser, userNames, waitFor } from './browser.js';
 
 const PAGES = need('KW_PAGES_URL');
 const COMMAND = need('KW_COMMAND_URL');
@@ -14,24 +14,12 @@ const QUERY = need('KW_QUERY_URL');
 const SECRET = need('KW_AUTH_SECRET');
 const HOUR = 3600_000;
 
-let browser;
-before(async () => {
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-});
+const browser = useBrowser();
 
-let users = 0;
-const userFor = (name) => `e2e-${name}-${process.pid}-${++users}`;
+const userFor = userNames('e2e');
 
 /** progress is what the query API holds for user's video (null: none), read with a right clock. */
-async function progress(user, videoId) {
-  const res = await fetch(`${QUERY}/v1/progress/${videoId}`, { headers: { Authorization: `Bearer ${mint(SECRET, user, 600)}` } });
-  if (res.status === 404) return null;
-  if (!res.ok) throw new Error(`GET progress: ${res.status} ${await res.text()}`);
-  return res.json();
-}
+const progress = (user, videoId) => readProgress(QUERY, SECRET, user, videoId);
 
 /** postAsAnotherDevice posts progress for user with no ts: a device whose clock is right, now. */
 async function postAsAnotherDevice(user, event) {
@@ -59,33 +47,12 @@ async function metric(base, name) {
  * time and status.
  */
 async function openPlayer({ user, videoId, interval, commandUrl = COMMAND, dateOffset = 0, tokenTTL = 600, refreshTTL = 600, options = {}, context }) {
-  context ??= await browser.newContext();
+  context ??= await browser().newContext();
   const page = await context.newPage();
-  const requests = [];
-  const tokenCalls = [];
+  const requests = recordRequests(page, commandUrl);
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
-  const byRequest = new Map();
-  page.on('request', (req) => {
-    if (!req.url().startsWith(commandUrl) || req.method() === 'OPTIONS') return;
-    const r = { method: req.method(), path: new URL(req.url()).pathname, body: JSON.parse(req.postData() ?? 'null'), at: Date.now(), status: null };
-    byRequest.set(req, r);
-    requests.push(r);
-  });
-  page.on('response', (res) => {
-    const r = byRequest.get(res.request());
-    if (r) r.status = res.status();
-  });
-  page.on('requestfailed', (req) => {
-    const r = byRequest.get(req);
-    if (r) r.status = 0;
-  });
-  let token = null;
-  await page.exposeFunction('kwToken', (refresh) => {
-    tokenCalls.push(refresh);
-    if (token === null || refresh) token = mint(SECRET, user, token === null ? tokenTTL : refreshTTL);
-    return token;
-  });
+  const tokenCalls = await exposeToken(page, SECRET, user, { ttl: tokenTTL, refreshTTL });
   if (dateOffset) {
     // The device's wall clock is off by dateOffset ms: Date.now() and new Date().
     await page.addInitScript((offset) => {
