@@ -371,7 +371,9 @@ func TestRateLimit(t *testing.T) {
 			t.Fatalf("request %d: %d", i+1, resp.StatusCode)
 		}
 	}
-	for _, path := range []string{"/v1/keep-watching", "/v1/progress?video_ids=a", "/v1/progress/a"} {
+	// The export reads all of a user's documents: it counts against the
+	// same budget.
+	for _, path := range []string{"/v1/keep-watching", "/v1/progress?video_ids=a", "/v1/progress/a", "/v1/export"} {
 		resp := e.get("alice", path)
 		p := decode[problem](t, resp, http.StatusTooManyRequests)
 		if p.Type != "urn:keepwatch:problem:rate_limited" || resp.Header.Get("Retry-After") == "" {
