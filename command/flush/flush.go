@@ -405,16 +405,29 @@ func (f *Flusher) drainShard(ctx context.Context, shard int, since time.Time) (S
 			c   *keepwatch.Claim
 			err error
 		)
+		// The claim is not cut short when the drain stops (shutdown, or an
+		// outage seen on another shard): a claim Redis made after its
+		// caller stopped listening would hold its entries for a whole
+		// lease. Stopping is honoured once Redis has answered, by handing
+		// back what the claim took.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.Lease/3)
 		if since.IsZero() {
-			c, err = f.buf.Claim(ctx, shard, f.cfg.Batch, f.cfg.Lease)
+			c, err = f.buf.Claim(cctx, shard, f.cfg.Batch, f.cfg.Lease)
 		} else {
-			c, err = f.buf.ClaimLapsed(ctx, shard, f.cfg.Batch, f.cfg.Lease, since)
+			c, err = f.buf.ClaimLapsed(cctx, shard, f.cfg.Batch, f.cfg.Lease, since)
 		}
+		ccancel()
 		if err != nil {
 			return total, fmt.Errorf("flush shard %d: %w", shard, err)
 		}
 		f.noteLeaseEnd(shard, c.NextLeaseEnd)
 		if len(c.Entries) == 0 {
+			return total, nil
+		}
+		if ctx.Err() != nil {
+			if err := f.buf.Release(context.WithoutCancel(ctx), c, nil, 0); err != nil {
+				return total, fmt.Errorf("flush shard %d: hand back a claim after stopping: %w", shard, err)
+			}
 			return total, nil
 		}
 		st, err := f.flushBatch(ctx, c, claimed)

@@ -397,6 +397,67 @@ func (s refusingStore) WriteProgress(ctx context.Context, ps []keepwatch.Progres
 	return keepwatch.WriteResult{}, errors.New("write progress: command refused")
 }
 
+// lateClaimBuffer makes the first Claim happen after its caller stopped
+// listening, as a Redis client does that gives up on a command it already
+// sent: Redis makes the claim, and the caller gets an error. The claim waits
+// for proceed, or for its context to end.
+type lateClaimBuffer struct {
+	flush.Buffer
+	once     sync.Once
+	claiming chan struct{} // closed when the first claim is asked for
+	proceed  chan struct{}
+}
+
+func (b *lateClaimBuffer) Claim(ctx context.Context, shard, max int, lease time.Duration) (*keepwatch.Claim, error) {
+	first := false
+	b.once.Do(func() { first = true })
+	if !first {
+		return b.Buffer.Claim(ctx, shard, max, lease)
+	}
+	close(b.claiming)
+	select {
+	case <-ctx.Done():
+	case <-b.proceed:
+	}
+	c, err := b.Buffer.Claim(context.WithoutCancel(ctx), shard, max, lease)
+	if err == nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("claim: %w", ctx.Err())
+	}
+	return c, err
+}
+
+// TestStoppingDrainLeavesNoClaimBehind: a drain stopped (shutdown, or an
+// outage on another shard) while a claim is in flight hands back what the
+// claim took, so the next flush writes it now, not a lease later.
+func TestStoppingDrainLeavesNoClaimBehind(t *testing.T) {
+	e := newEnv(t, nil, mongo.Options{})
+	e.round(3, 2, 10)
+	buf := &lateClaimBuffer{Buffer: e.buf, claiming: make(chan struct{}), proceed: make(chan struct{})}
+	cfg := flush.Config{Parallelism: 1, Lease: time.Hour}
+	f, _ := newFlusher(t, buf, e.store, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.FlushOnce(ctx)
+		done <- err
+	}()
+	<-buf.claiming
+	cancel()
+	close(buf.proceed)
+	<-done
+
+	// A flusher started next (a restart, another replica) finds every
+	// entry due.
+	next, _ := newFlusher(t, e.buf, e.store, cfg)
+	if _, err := next.FlushOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.pending(); n != 0 {
+		t.Fatalf("%d entries still pending after the next flush: a claim made for the stopped drain holds them", n)
+	}
+	e.checkConverged()
+}
+
 // TestBatchFailingPastTheBoundIsDeadLettered: a batch the server refuses is
 // dead-lettered after DeadLetterAfter failed attempts counted across
 // flushers, while an outage, however long, counts none.
