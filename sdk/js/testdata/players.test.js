@@ -66,10 +66,12 @@ for (const library of ['hls.js', 'video.js', 'shaka']) {
     }
 
     // Pause: one post at once with the paused position, then silence.
-    const paused = await inPage(() => {
+    // Read in the pause event, as the SDK does (right after pause(),
+    // Chromium can answer a millisecond further on).
+    const paused = await inPage(() => new Promise((resolve) => {
+      window.video.addEventListener('pause', () => resolve({ position: window.video.currentTime, duration: window.video.duration }), { once: true });
       window.video.pause();
-      return { position: window.video.currentTime, duration: window.video.duration };
-    });
+    }));
     const pausePost = await expect('the pause to be posted', () => posts().find((r) => r.body.position === round3(paused.position) && r.status === 202));
     assert.equal(pausePost.body.duration, round3(paused.duration));
     const held = await expect('the query API to show the paused position', async () => {
