@@ -168,3 +168,52 @@ func fdChild() {
 	}
 	fail(fmt.Errorf("serve returned"))
 }
+
+// TestConnectionsPastTheLimitGetTheir503: every connection past
+// --max-conns is answered 503 and closed, while the one within the limit
+// stays served. fasthttp writes the 503 as it accepts, before the request
+// is read: Go's http.Client calls that an unsolicited response and reports
+// an error instead of the status, so this reads with a plain socket.
+func TestConnectionsPastTheLimitGetTheir503(t *testing.T) {
+	e := newEdge(t, func(c *edge.Config) { c.MaxConns = 1 })
+	addr := e.listen()
+	held, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	// The held connection is served (answered once) before the others come.
+	if _, err := held.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.ReadResponse(bufio.NewReader(held), nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the connection within the limit: %v %v", resp, err)
+	}
+	lost := 0
+	var last error
+	for range 200 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			lost++
+			last = err
+			_ = c.Close()
+			continue
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		switch {
+		case err != nil:
+			lost++
+			last = err
+		case resp.StatusCode != http.StatusServiceUnavailable:
+			t.Fatalf("past the limit: %d, want 503", resp.StatusCode)
+		}
+		_ = c.Close()
+	}
+	if lost > 0 {
+		t.Fatalf("%d of 200 connections past the limit got no answer (last: %v)", lost, last)
+	}
+}
