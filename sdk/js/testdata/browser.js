@@ -97,7 +97,10 @@ export function recordRequests(page, base) {
   });
   page.on('response', (res) => {
     const r = byRequest.get(res.request());
-    if (r) r.status = res.status();
+    if (r) {
+      r.status = res.status();
+      r.answeredAt = Date.now();
+    }
   });
   page.on('requestfailed', (req) => {
     const r = byRequest.get(req);
