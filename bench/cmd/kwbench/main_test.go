@@ -142,9 +142,12 @@ func TestCompareEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
+	// A target option end to end: aof=no, not always, whose fsync per
+	// commit on a disk the other tests keep busy left a run of a second
+	// with a handful of requests, too few to measure CPU per request.
 	err := runCompare(ctx, []string{"--keepwatch", kw, "--dir", dir, "--duration", "1s", "--warmup", "0s",
 		"--connections", "8", "--users", "50", "--json", jsonPath, "--rounds", "2",
-		"--targets", "bare,keepwatch:aof=always,naive-redis:pool=16",
+		"--targets", "bare,keepwatch:aof=no,naive-redis:pool=16",
 		"--server-core", "-1", "--load-core", "-1", "--redis-core", "-1"}, &out)
 	t.Log(out.String())
 	if err != nil {
@@ -192,7 +195,7 @@ func TestCompareEndToEnd(t *testing.T) {
 			t.Errorf("summary %+v", s)
 		}
 	}
-	for _, want := range []string{"over 2 rounds", "keepwatch:aof=always", "naive-redis:pool=16", "redis µs/req"} {
+	for _, want := range []string{"over 2 rounds", "keepwatch:aof=no", "naive-redis:pool=16", "redis µs/req"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("%q not printed:\n%s", want, out.String())
 		}
