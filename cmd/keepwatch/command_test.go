@@ -32,6 +32,21 @@ func startMain(t *testing.T, ctx context.Context, args ...string) (<-chan int, *
 	return done, out
 }
 
+// refusesToStart waits for a service started by startMain to exit 1 with a
+// message containing naming, failing with what the start was (situation)
+// otherwise.
+func refusesToStart(t *testing.T, done <-chan int, out *testenv.Output, naming, situation string) {
+	t.Helper()
+	select {
+	case code := <-done:
+		if code != 1 || !strings.Contains(out.String(), naming) {
+			t.Errorf("%s: exit code %d, want 1 naming %q\n%s", situation, code, naming, out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still running, want an exit 1 naming %q\n%s", situation, naming, out)
+	}
+}
+
 // waitStatus waits until url answers want; the bound only stops a hung test.
 func waitStatus(t *testing.T, url string, want int) {
 	t.Helper()
@@ -146,14 +161,7 @@ func TestCommandRefusesAnotherShardCount(t *testing.T) {
 	} {
 		args = append(args, "--redis-url", r.URL(), "--redis-shards", "8")
 		done, out := startMain(t, ctx, args...)
-		select {
-		case code := <-done:
-			if code != 1 || !strings.Contains(out.String(), "--redis-shards 4") {
-				t.Errorf("%s with 8 shards over data written with 4: exit code %d, want 1 naming the data's count\n%s", args[0], code, out)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s started with another shard count\n%s", args[0], out)
-		}
+		refusesToStart(t, done, out, "--redis-shards 4", args[0]+" with 8 shards over data written with 4")
 	}
 	if ps, err := buf.Pending(ctx, "u1"); err != nil || len(ps) != 1 {
 		t.Fatalf("pending after the refusals = %+v, %v", ps, err)
@@ -171,14 +179,7 @@ func TestWritersRefuseARedisThatCollates(t *testing.T) {
 		{"flush", "--http-addr", "127.0.0.1:0"},
 	} {
 		done, out := startMain(t, context.Background(), append(args, "--redis-url", r.URL())...)
-		select {
-		case code := <-done:
-			if code != 1 || !strings.Contains(out.String(), "LC_ALL=C") {
-				t.Errorf("%s on a Redis under en_US.UTF-8: exit code %d, want 1 naming LC_ALL=C\n%s", args[0], code, out)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s started on a Redis that collates\n%s", args[0], out)
-		}
+		refusesToStart(t, done, out, "LC_ALL=C", args[0]+" on a Redis under en_US.UTF-8")
 	}
 }
 

@@ -28,24 +28,14 @@ func TestStartWaitsForRedisLoading(t *testing.T) {
 	defer cancel()
 	done, out := startMain(t, ctx, "command", "--flush=false", "--http-addr", addr, "--redis-url", r.URL(),
 		"--auth-secret", "s", "--redis-start-timeout", "1m")
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
+	testenv.WaitHTTPUnless(t, "http://"+addr+"/readyz", http.StatusOK, 90*time.Second, func() string {
 		select {
 		case code := <-done:
-			t.Fatalf("keepwatch command exited with %d while Redis was loading:\n%s", code, out)
-		case <-time.After(20 * time.Millisecond):
+			return fmt.Sprintf("keepwatch command exited with %d while Redis was loading:\n%s", code, out)
+		default:
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready after Redis loaded:\n%s", out)
-		}
-	}
+	})
 	if !strings.Contains(out.String(), "redis is loading its data: waiting for it") {
 		t.Errorf("the start did not say it waited for Redis to load:\n%s", out)
 	}
@@ -66,14 +56,7 @@ func TestStartGivesUpOnRedisStillLoading(t *testing.T) {
 				args = append(args, "--flush=false", "--auth-secret", "s")
 			}
 			done, out := startMain(t, context.Background(), args...)
-			select {
-			case code := <-done:
-				if code != 1 || !strings.Contains(out.String(), "still loading its data after --redis-start-timeout 500ms") {
-					t.Fatalf("exit code %d, want 1 naming the timeout:\n%s", code, out)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatalf("still waiting past --redis-start-timeout 500ms:\n%s", out)
-			}
+			refusesToStart(t, done, out, "still loading its data after --redis-start-timeout 500ms", sub+" on a Redis loading past --redis-start-timeout")
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"net/http"
 	"os/exec"
 	"syscall"
@@ -115,28 +116,12 @@ func (p *Proc) Stop() error {
 // process' output if it exits first or timeout passes.
 func (p *Proc) WaitHTTP(url string, want int, timeout time.Duration) {
 	p.t.Helper()
-	c := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	for {
+	waitHTTP(p.t, url, want, timeout, func() string {
 		if exited, err := p.Exited(); exited {
-			p.t.Fatalf("%s exited (%v) before GET %s answered %d:\n%s", p.cmd.Path, err, url, want, p.Logs)
+			return fmt.Sprintf("%s exited (%v) before GET %s answered %d:\n%s", p.cmd.Path, err, url, want, p.Logs)
 		}
-		last := "no answer"
-		resp, err := c.Get(url)
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("GET %s did not answer %d within %s (last: %s):\n%s", url, want, timeout, last, p.Logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ""
+	}, p.Logs)
 }
 
 // WaitHTTP waits until GET url answers want, failing the test after timeout
@@ -144,10 +129,26 @@ func (p *Proc) WaitHTTP(url string, want int, timeout time.Duration) {
 // is asserted about speed.
 func WaitHTTP(t testing.TB, url string, want int, timeout time.Duration) {
 	t.Helper()
+	waitHTTP(t, url, want, timeout, func() string { return "" }, nil)
+}
+
+// WaitHTTPUnless is WaitHTTP that gives up at once, failing with what gone
+// says, when gone says something: the server it waits for has stopped.
+func WaitHTTPUnless(t testing.TB, url string, want int, timeout time.Duration, gone func() string) {
+	t.Helper()
+	waitHTTP(t, url, want, timeout, gone, nil)
+}
+
+// waitHTTP is WaitHTTPUnless that adds logs, when set, to a timeout's failure.
+func waitHTTP(t testing.TB, url string, want int, timeout time.Duration, gone func() string, logs fmt.Stringer) {
+	t.Helper()
 	c := &http.Client{Timeout: time.Second}
 	last := "no answer"
 	deadline := time.Now().Add(timeout)
 	for {
+		if why := gone(); why != "" {
+			t.Fatal(why)
+		}
 		resp, err := c.Get(url)
 		if err == nil {
 			_ = resp.Body.Close()
@@ -159,6 +160,9 @@ func WaitHTTP(t testing.TB, url string, want int, timeout time.Duration) {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
+			if logs != nil {
+				t.Fatalf("GET %s did not answer %d within %s (last: %s):\n%s", url, want, timeout, last, logs)
+			}
 			t.Fatalf("GET %s did not answer %d within %s (last: %s)", url, want, timeout, last)
 		}
 		time.Sleep(10 * time.Millisecond)
