@@ -334,7 +334,10 @@ class Tracker {
   #drain() {
     if (this.#draining) return this.#draining;
     if (this.#queue.list(undefined).length === 0) return Promise.resolve();
-    this.#draining = withLock(`keepwatch-queue ${this.#url}`, () => this.#drainLocked(), () => this.#lockBusy())
+    // Another tab holding the lock may have listed the queue just before
+    // this tab added to it: look again soon rather than leave the
+    // observation until the next post.
+    this.#draining = withLock(`keepwatch-queue ${this.#url}`, () => this.#drainLocked(), () => this.#wakeIn(LOCK_BUSY_RETRY_MS))
       .catch((err) => this.#report(new KeepwatchError('keepwatch: sending queued progress', { cause: err })))
       .finally(() => {
         this.#draining = null;
@@ -359,7 +362,7 @@ class Tracker {
         // (timers and performance.now() are not one clock): come back when
         // the wait is over, or nothing would send the queue until the next
         // post.
-        this.#resumeLater();
+        this.#wakeIn(Math.max(1, Math.ceil(Math.max(this.#notBefore, this.#backoffUntil) - monotonic())));
         return;
       }
       const entries = this.#queue.list(this.#user);
@@ -480,20 +483,6 @@ class Tracker {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     this.#wakeIn(delay);
-  }
-
-  /**
-   * lockBusy runs when another tab holds the queue's lock. That tab may have
-   * listed the queue just before this tab added to it, so look again soon
-   * rather than leave the observation until the next post.
-   */
-  #lockBusy() {
-    this.#wakeIn(LOCK_BUSY_RETRY_MS);
-  }
-
-  /** resumeLater drains once the current wait is over, unless a retry timer already will. */
-  #resumeLater() {
-    this.#wakeIn(Math.max(1, Math.ceil(Math.max(this.#notBefore, this.#backoffUntil) - monotonic())));
   }
 
   /** wakeIn sends the queue in ms, unless a timer already will. */
